@@ -1,0 +1,139 @@
+"""Compound scaling as a pure function on specs.
+
+depth d = alpha**phi, width w = beta**phi, resolution r = gamma**phi with
+alpha * beta**2 * gamma**2 ~= 2, so FLOPs grow by about 2**phi. Rounding follows the
+reference TF code: channels to a multiple of the spec's divisor (never below 90 % of the
+target), repeats by ceil, resolution to a multiple of 8.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import EffscaleError
+from .spec import MIN_RESOLUTION, NetworkSpec, make_divisible
+
+RESOLUTION_MULTIPLE = 8
+
+
+def _finite_positive(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise EffscaleError(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise EffscaleError(f"{name}={value!r} must be a finite number > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Multipliers applied to a base spec: depth (repeats), width (channels), resolution."""
+
+    depth: float = 1.0
+    width: float = 1.0
+    resolution: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "resolution"):
+            object.__setattr__(self, name, _finite_positive(name, getattr(self, name)))
+
+    @property
+    def flops_factor(self) -> float:
+        """Expected FLOPs multiplier d * w**2 * r**2 (before rounding)."""
+        return self.depth * self.width ** 2 * self.resolution ** 2
+
+
+@dataclass(frozen=True)
+class ScalingRule:
+    """alpha (depth), beta (width), gamma (resolution), each >= 1; EfficientNet's by default."""
+
+    alpha: float = 1.2
+    beta: float = 1.1
+    gamma: float = 1.15
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise EffscaleError(f"{name}={value!r} is not a number") from None
+            if not math.isfinite(value) or value < 1:
+                raise EffscaleError(f"{name}={value!r} must be a finite number >= 1")
+            object.__setattr__(self, name, value)
+
+    @property
+    def flops_base(self) -> float:
+        """alpha * beta**2 * gamma**2: the FLOPs multiplier per unit of phi (~2 for EfficientNet)."""
+        return self.alpha * self.beta ** 2 * self.gamma ** 2
+
+    def at(self, phi: float) -> Coefficients:
+        phi = float(phi)
+        if not math.isfinite(phi):
+            raise EffscaleError(f"phi={phi!r} must be a finite number")
+        return Coefficients(depth=self.alpha ** phi, width=self.beta ** phi, resolution=self.gamma ** phi)
+
+    def check_constraint(self, target: float = 2.0, tolerance: float = 0.1) -> None:
+        """Raise unless alpha * beta**2 * gamma**2 is within `tolerance` (relative) of `target`."""
+        if abs(self.flops_base / target - 1) > tolerance:
+            raise EffscaleError(f"alpha*beta^2*gamma^2 = {self.flops_base:.3f} is not within "
+                                f"{tolerance:.0%} of the target {target}")
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    return make_divisible(channels * width, divisor)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    return int(math.ceil(repeats * depth))
+
+
+def round_resolution(resolution: int, factor: float, multiple: int = RESOLUTION_MULTIPLE) -> int:
+    return int(round(resolution * factor / multiple)) * multiple
+
+
+def scale(spec: NetworkSpec, coefficients: Coefficients, *, name: str | None = None,
+          resolution: int | None = None) -> NetworkSpec:
+    """Scale `spec` by `coefficients` with the reference rounding.
+
+    `resolution` overrides the rounded resolution (the released family uses hand-picked sizes).
+    Raises when a stage would have less than one channel before rounding, or the resolution
+    falls below 32 pixels.
+    """
+    width, depth = coefficients.width, coefficients.depth
+    for index, stage in enumerate(spec.stages):
+        if stage.out_channels * width < 1:
+            min_width = 1 / min(s.out_channels for s in spec.stages)
+            raise EffscaleError(
+                f"width multiplier {width:.4g} leaves stage {index + 1} with {stage.out_channels * width:.3g} "
+                f"channels (< 1); the width multiplier must be >= {min_width:.4g} for {spec.name}")
+    if resolution is None:
+        resolution = round_resolution(spec.resolution, coefficients.resolution)
+        if resolution < MIN_RESOLUTION:
+            raise EffscaleError(
+                f"resolution multiplier {coefficients.resolution:.4g} takes {spec.name}'s {spec.resolution} px "
+                f"to {spec.resolution * coefficients.resolution:.1f} px; the minimum is {MIN_RESOLUTION} px "
+                f"(multiplier >= {MIN_RESOLUTION / spec.resolution:.4g})")
+    stages = tuple(
+        stage.__class__(
+            block=stage.block,
+            repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
+            kernel=stage.kernel, stride=stage.stride, expand_ratio=stage.expand_ratio,
+            out_channels=round_channels(stage.out_channels, width, spec.divisor),
+            se_ratio=stage.se_ratio, scale_depth=stage.scale_depth)
+        for stage in spec.stages)
+    changes = dict(stages=stages, resolution=resolution)
+    if spec.scale_stem_head:
+        changes["stem_channels"] = round_channels(spec.stem_channels, width, spec.divisor)
+        changes["head_channels"] = round_channels(spec.head_channels, width, spec.divisor)
+    if name is not None:
+        changes["name"] = name
+    return spec.replace(**changes)
+
+
+def compound(base: NetworkSpec, phi: float, rule: ScalingRule | None = None) -> NetworkSpec:
+    """Scale `base` by `rule.at(phi)`; any finite phi, fractional and negative included."""
+    rule = rule or ScalingRule()
+    coefficients = rule.at(phi)
+    return scale(base, coefficients, name=f"{base.name}-phi{phi:g}")
