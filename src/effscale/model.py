@@ -25,11 +25,13 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     """Build a model from a name in `list_models()` or a NetworkSpec.
 
     `overrides` replace spec fields (e.g. `padding="same"` for TF-ported weights, `bn_eps=1e-5`,
-    `drop_path_rate=0.1`). `weights` loads a checkpoint in any supported key layout.
+    `drop_path_rate=0.1`). `weights` loads a checkpoint in any supported key layout; for a named
+    model the spec fields its implementation implies (TF padding, BN eps) are applied unless
+    overridden (see `weights.model_from_checkpoint`).
     """
-    spec = resolve_spec(name_or_spec, **overrides)
-    model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
     if weights is not None:
-        from .weights import load_weights
-        load_weights(model, weights)
-    return model
+        from .weights import model_from_checkpoint
+        return model_from_checkpoint(weights, name_or_spec, num_classes=num_classes, in_chans=in_chans,
+                                     features_only=features_only, **overrides)
+    spec = resolve_spec(name_or_spec, **overrides)
+    return EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)

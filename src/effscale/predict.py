@@ -54,13 +54,12 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
     spec fields (e.g. `padding="same", bn_eps=1e-3` for timm's tf_* ports, `resolution=256`).
     """
     from .model import resolve_spec
-    from .nn.network import EfficientNet
-    from .weights import (detect_layout, is_effscale_file, key_map, layout_defaults, load_state_dict_into,
-                          model_from_file, read_metadata, read_state_dict)
+    from .weights import _existing_file, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
+    _existing_file(weights)  # a missing file is that, not "a foreign checkpoint without a model name"
     if is_effscale_file(weights):
         if model is not None:
-            saved = read_metadata(weights)["spec"]
+            saved = NetworkSpec.from_text(read_metadata(weights)["spec"])
             wanted = resolve_spec(model)
             differ = [name for name in _ARCHITECTURE_FIELDS if getattr(saved, name) != getattr(wanted, name)]
             if differ:
@@ -74,17 +73,9 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
 
     if model is None:
         raise EffscaleError(f"{str(weights)!r} is not an effscale weights file, so it does not say which model it "
-                            "is for: name the model (e.g. model='efficientnet_b0'; see `effscale models`)")
-    state = read_state_dict(weights)
-    layout = detect_layout(state)
-    base = resolve_spec(model)
-    classes_key, stem_key = (key_map(base, layout)[name] + ".weight" for name in ("classifier", "stem.conv"))
-    num_classes = overrides.pop("num_classes", state[classes_key].shape[0] if classes_key in state else 1000)
-    in_chans = overrides.pop("in_chans", state[stem_key].shape[1] if stem_key in state else 3)
-    spec = base.replace(**{**layout_defaults(layout, base.name), **overrides})
-    network = EfficientNet(spec, num_classes=int(num_classes), in_chans=int(in_chans))
-    load_state_dict_into(network, state, source=layout, origin=str(weights))
-    return network.eval()
+                            "is for: name the model (model='efficientnet_b0' in Python, --model on the command line; "
+                            "`effscale models` lists them)")
+    return model_from_checkpoint(weights, model, **overrides).eval()
 
 
 def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSpec | None = None,

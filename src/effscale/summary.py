@@ -24,7 +24,11 @@ def model_table() -> list[dict]:
 def load_spec(name_or_path: str | os.PathLike) -> NetworkSpec:
     """A named model, a spec text file (`NetworkSpec.to_text()`), or an effscale weights file."""
     path = Path(name_or_path)
-    if str(name_or_path) in list_models() or not path.exists():
+    if str(name_or_path) in list_models():
+        return get_spec(str(name_or_path))
+    if not path.exists():
+        if path.suffix or len(path.parts) > 1:  # looks like a path, not a model name
+            raise EffscaleError(f"spec file {str(path)!r} does not exist")
         return get_spec(str(name_or_path))
     if path.suffix == ".safetensors":
         from .weights import read_metadata

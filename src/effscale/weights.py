@@ -47,6 +47,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, extra_metadata: dict
     from safetensors.torch import save_file
 
     _require_effscale_model(model)
+    from .nn.layers import ConvNormAct
+
+    if any(isinstance(m, ConvNormAct) and not isinstance(m.bn, nn.BatchNorm2d) for m in model.modules()):
+        raise EffscaleError("the model's batch norms were folded into its convs (fold_batchnorm / "
+                            "prepare_for_inference), so its spec no longer describes its parameters; "
+                            "save the model before folding")
     metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "spec": model.spec.to_text(),
                 "num_classes": str(model.num_classes), "in_chans": str(model.in_chans),
                 "features_only": str(int(bool(model.features_only)))}
@@ -70,8 +76,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, extra_metadata: dict
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of an effscale safetensors file, parsed.
 
-    Returns `{"format_version": int, "spec": NetworkSpec, "num_classes": int, "in_chans": int,
-    "features_only": bool, "extra": dict}`. Raises EffscaleError for a file that is not an effscale
+    Returns `{"format_version": int, "spec": str (NetworkSpec.to_text(); NetworkSpec.from_text
+    parses it), "num_classes": int, "in_chans": int, "features_only": bool, "extra": dict}`. Raises EffscaleError for a file that is not an effscale
     safetensors file (foreign checkpoints have no spec: load them with `load_weights`).
     """
     raw = _safetensors_metadata(_existing_file(path))
@@ -83,7 +89,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         if version > FORMAT_VERSION:
             raise EffscaleError(f"{str(path)!r} has weights format version {version}; this effscale "
                                 f"reads up to version {FORMAT_VERSION} (upgrade effscale)")
-        return {"format_version": version, "spec": NetworkSpec.from_text(raw["spec"]),
+        NetworkSpec.from_text(raw["spec"])  # a broken spec is an error here, not when it is used
+        return {"format_version": version, "spec": raw["spec"],
                 "num_classes": int(raw["num_classes"]), "in_chans": int(raw["in_chans"]),
                 "features_only": bool(int(raw.get("features_only", "0"))),
                 "extra": json.loads(raw["extra"]) if "extra" in raw else {}}
@@ -110,10 +117,43 @@ def model_from_file(path: str | os.PathLike, **overrides) -> nn.Module:
     from .nn.network import EfficientNet
 
     metadata = read_metadata(path)
-    spec = metadata["spec"].replace(**overrides) if overrides else metadata["spec"]
+    spec = NetworkSpec.from_text(metadata["spec"])
+    spec = spec.replace(**overrides) if overrides else spec
     model = EfficientNet(spec, num_classes=metadata["num_classes"], in_chans=metadata["in_chans"],
                          features_only=metadata["features_only"])
     return load_weights(model, path, source="effscale")
+
+
+def model_from_checkpoint(path: str | os.PathLike, name_or_spec, *, num_classes: int | None = None,
+                          in_chans: int | None = None, features_only: bool = False, **overrides) -> nn.Module:
+    """Build `name_or_spec` to fit the checkpoint at `path` and load it (one read of the file).
+
+    `num_classes` / `in_chans` default to the checkpoint's. For a named model, the spec fields the
+    checkpoint's implementation implies (`layout_defaults`: TF 'same' padding for lukemelas-style
+    files, PyTorch BN eps for timm/torchvision) are applied first; `overrides` win over them.
+    A NetworkSpec is taken as given (plus `overrides`).
+    """
+    from .model import resolve_spec
+    from .nn.network import EfficientNet
+
+    state = read_state_dict(path)
+    try:
+        layout = detect_layout(state)
+    except EffscaleError as error:
+        raise EffscaleError(f"{str(path)!r}: {error}") from None
+    base = resolve_spec(name_or_spec)
+    defaults = layout_defaults(layout, base.name) if isinstance(name_or_spec, str) else {}
+    spec = base.replace(**{**defaults, **overrides})
+    classes_key, stem_key = (key_map(spec, layout)[name] + ".weight" for name in ("classifier", "stem.conv"))
+    if num_classes is None:
+        num_classes = int(state[classes_key].shape[0]) if classes_key in state else 1000
+    if in_chans is None:
+        in_chans = int(state[stem_key].shape[1]) if stem_key in state else 3
+    model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
+    load_state_dict_into(model, state, source=layout, origin=str(path))
+    if layout == "effscale" and is_effscale_file(path):
+        _warn_on_spec_difference(NetworkSpec.from_text(read_metadata(path)["spec"]), model.spec, str(path))
+    return model
 
 
 # -- loading any layout ------------------------------------------------------------------------
@@ -131,7 +171,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto"
     state = read_state_dict(path)
     layout = load_state_dict_into(model, state, source=source, origin=str(path))
     if layout == "effscale" and is_effscale_file(path):
-        _warn_on_spec_difference(read_metadata(path)["spec"], model.spec, str(path))
+        _warn_on_spec_difference(NetworkSpec.from_text(read_metadata(path)["spec"]), model.spec, str(path))
     return model
 
 
@@ -200,13 +240,14 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     _require_effscale_model(model)
     if source not in SOURCES:
         raise EffscaleError(f"source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
-    layout = detect_layout(state) if source == "auto" else source
+    try:
+        layout = detect_layout(state) if source == "auto" else source
+    except EffscaleError as error:
+        raise EffscaleError(f"{origin!r}: {error}") from None
     spec: NetworkSpec = model.spec
-    if layout == "effscale":
-        prefixes = {prefix: prefix for prefix in _effscale_modules(spec)}
-    else:
+    if layout != "effscale":
         _check_foreign_blocks(spec, layout)
-        prefixes = key_map(spec, layout)
+    prefixes = key_map(spec, layout)
     target = model.state_dict()
     converted, missing, mismatched = {}, [], []
     used: set[str] = set()
@@ -220,9 +261,9 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
         used.add(foreign)
         tensor = state[foreign]
         if not isinstance(tensor, torch.Tensor):
-            mismatched.append(f"{foreign}: not a tensor ({type(tensor).__name__})")
+            mismatched.append((foreign, key, type(tensor).__name__, tuple(value.shape)))
         elif tuple(tensor.shape) != tuple(value.shape):
-            mismatched.append(f"{foreign}: checkpoint {tuple(tensor.shape)} vs model {tuple(value.shape)} ({key})")
+            mismatched.append((foreign, key, tuple(tensor.shape), tuple(value.shape)))
         else:
             converted[key] = tensor
     # A model without head or classifier drops the checkpoint's ones (a backbone from a classifier).
@@ -231,9 +272,7 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     unexpected = [key for key in state if key not in used and key.rpartition(".")[0] not in droppable]
     if missing or unexpected or mismatched:
         raise EffscaleError(_mismatch_message(origin, layout, spec, model, missing, unexpected, mismatched))
-    result = model.load_state_dict(converted, strict=False)
-    leftover = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
-    assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
+    model.load_state_dict(converted, strict=False)  # strict=False: absent num_batches_tracked keep their value
     return layout
 
 
@@ -397,15 +436,26 @@ def _mismatch_message(origin, layout, spec, model, missing, unexpected, mismatch
     lines = [f"{origin!r} ({layout} layout) does not fit {spec.name} "
              f"(num_classes={model.num_classes}, in_chans={model.in_chans}):"]
     if mismatched:
-        lines.append(f"  {len(mismatched)} shape mismatches: {_preview(mismatched)}")
+        shown = [f"{foreign}: checkpoint {theirs} vs model {ours}" + (f" ({key})" if key != foreign else "")
+                 for foreign, key, theirs, ours in mismatched]
+        lines.append(f"  {len(mismatched)} shape mismatches: {_preview(shown)}")
     if missing:
         lines.append(f"  {len(missing)} keys the model needs are missing from the checkpoint: {_preview(missing)}")
     if unexpected:
         lines.append(f"  {len(unexpected)} checkpoint keys have no place in the model: {_preview(unexpected)}")
-    if any(m.split(":")[0].endswith(("classifier.weight", "classifier.1.weight", "_fc.weight")) for m in mismatched):
-        lines.append("  the classifier's class count differs: create the model with the checkpoint's num_classes")
-    elif mismatched or missing or unexpected:
-        lines.append("  the checkpoint is probably for another model size or variant")
+    classes = {key: (theirs, ours) for _, key, theirs, ours in mismatched if key == "classifier.weight"}
+    if classes and len(mismatched) == 2 and not missing and not unexpected and \
+            isinstance(classes["classifier.weight"][0], tuple) and \
+            classes["classifier.weight"][0][1:] == classes["classifier.weight"][1][1:]:
+        count = classes["classifier.weight"][0][0]
+        lines.append(f"  only the class count differs: the checkpoint has {count} classes, the model "
+                     f"{model.num_classes}; create the model with num_classes={count}")
+    else:
+        stem = [theirs for _, key, theirs, _ in mismatched if key == "stem.conv.weight"]
+        if stem and isinstance(stem[0], tuple) and len(stem[0]) == 4 and stem[0][1] != model.in_chans:
+            lines.append(f"  the checkpoint takes {stem[0][1]} input channels, the model {model.in_chans}")
+        if len(mismatched) > len(stem) or missing or unexpected:
+            lines.append("  the checkpoint is probably for another model size or variant")
     return "\n".join(lines)
 
 
