@@ -16,13 +16,14 @@ from .spec import MIN_RESOLUTION, NetworkSpec, make_divisible
 RESOLUTION_MULTIPLE = 8
 
 
-def _finite_positive(name: str, value: float) -> float:
+def _checked_number(name: str, value, minimum: float, *, inclusive: bool) -> float:
+    """`value` as a finite float above `minimum` (or equal, when inclusive); else a named error."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise EffscaleError(f"{name}={value!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise EffscaleError(f"{name}={value!r} must be a finite number > 0")
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        raise EffscaleError(f"{name}={value!r} must be a finite number {'>=' if inclusive else '>'} {minimum:g}")
     return value
 
 
@@ -36,7 +37,7 @@ class Coefficients:
 
     def __post_init__(self) -> None:
         for name in ("depth", "width", "resolution"):
-            object.__setattr__(self, name, _finite_positive(name, getattr(self, name)))
+            object.__setattr__(self, name, _checked_number(name, getattr(self, name), 0, inclusive=False))
 
     @property
     def flops_factor(self) -> float:
@@ -54,14 +55,7 @@ class ScalingRule:
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise EffscaleError(f"{name}={value!r} is not a number") from None
-            if not math.isfinite(value) or value < 1:
-                raise EffscaleError(f"{name}={value!r} must be a finite number >= 1")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _checked_number(name, getattr(self, name), 1, inclusive=True))
 
     @property
     def flops_base(self) -> float:
