@@ -156,3 +156,21 @@ def test_onnx_export_runs_in_onnxruntime(name, padding, tmp_path):
     (out,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-3, atol=1e-4)
+
+
+def test_prepare_for_inference_options_keep_the_function():
+    x = torch.randn(2, 3, 64, 64)
+    reference_model = small_model()
+    with torch.no_grad():
+        reference = reference_model(x)
+        keys = {k for k in reference_model.state_dict() if ".bn." not in k}
+        plain = prepare_for_inference(small_model(), channels_last=False)
+        torch.testing.assert_close(plain(x), reference, rtol=1e-4, atol=1e-4)
+        assert keys <= set(plain.state_dict())  # only the folded BN entries are gone
+        bf16 = prepare_for_inference(small_model(), bf16=True)
+        out = bf16(x.contiguous(memory_format=torch.channels_last))
+        assert out.dtype == torch.float32
+        assert torch.equal(out.argmax(1), reference.argmax(1))
+        assert (out - reference).abs().max() < 0.1 * reference.abs().max()
+        pyramid = prepare_for_inference(small_model(features_only=True), bf16=True)(x)
+        assert [f.dtype for f in pyramid] == [torch.float32] * 5
