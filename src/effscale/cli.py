@@ -96,6 +96,36 @@ def cmd_predict(args) -> None:
             print(f"  {rank}. {entry['label']:<30} {entry['prob']:7.2%}  (class {entry['index']})")
 
 
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    options = {key: getattr(args, key) for key in (
+        "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
+        "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
+        "distill_alpha", "distill_temperature")}
+    summary = train(TrainConfig(**options, command="effscale " + " ".join(sys.argv[1:])))
+    if args.json:
+        return _print_json(summary)
+    print(f"test top-1 {summary['test_top1']:.2f} %, top-5 {summary['test_top5']:.2f} % | "
+          f"params {_human(summary['params'])} | MACs {_human(summary['macs'])} | {summary['steps']} steps in "
+          f"{summary['wall_s']:.0f} s | weights: {summary['weights']}")
+
+
+def cmd_eval(args) -> None:
+    from .train import evaluate_weights
+
+    result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size)
+    if args.json:
+        return _print_json(result)
+    print(f"{result['weights']} on {result['data']}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} % "
+          f"({result['samples']} images)")
+    classes = result["classes"]
+    _table("per-class accuracy and confusion (rows: true, columns: predicted)",
+           ["class", "accuracy %"] + [str(i) for i in range(len(classes))],
+           [[f"{i} {name}", f"{result['per_class'][name]:.1f}"] + row
+            for i, (name, row) in enumerate(zip(classes, result["confusion"]))])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -133,6 +163,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
+
+    train = commands.add_parser("train", help="train a model on a dataset (CPU by default; torchrun for DDP)")
+    train.add_argument("--data", required=True, help="fashion-mnist (bundled), idx:DIR or folder:DIR")
+    train.add_argument("--out", required=True, help="run directory: checkpoint, metrics.jsonl, summary.json, weights")
+    train.add_argument("--recipe", default="quick", help="quick (minutes on a CPU) or paper (the published recipe)")
+    train.add_argument("--model", help="model name or spec file (default: the recipe's model)")
+    train.add_argument("--phi", type=float, help="compound-scale the model by phi")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    train.add_argument("--batch-size", type=int, help="global batch per optimizer step")
+    train.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--precision", choices=["bf16", "fp32", "fp16"])
+    train.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps")
+    train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    train.add_argument("--init", help="start from these weights (effscale file, run dir, or foreign checkpoint)")
+    train.add_argument("--teacher", help="distil from this effscale model (weights file or run dir)")
+    train.add_argument("--linear-probe", action="store_true", help="train only the classifier")
+    train.add_argument("--accumulation", type=int, default=1, help="gradient accumulation micro-batches")
+    train.add_argument("--grad-checkpointing", action="store_true", help="recompute activations per stage")
+    train.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the distillation term")
+    train.add_argument("--distill-temperature", type=float, default=4.0)
+    train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix")
+    evaluate.add_argument("weights", help="a run directory or an effscale .safetensors file")
+    evaluate.add_argument("--data", required=True, help="fashion-mnist, idx:DIR or folder:DIR (its test split)")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

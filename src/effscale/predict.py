@@ -100,7 +100,7 @@ def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSp
         raise EffscaleError(f"{str(weights)!r} holds a model without a classifier; it cannot predict classes")
     if top_k > num_classes:
         raise EffscaleError(f"top_k={top_k} must be between 1 and the model's {num_classes} classes")
-    labels = imagenet_labels() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+    labels = _class_names(weights, num_classes)
     results = []
     for start in range(0, len(images), _BATCH):
         chunk = images[start:start + _BATCH]
@@ -112,3 +112,15 @@ def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSp
             results.append({"image": str(image), "top_k": [{"index": i, "label": labels[i], "prob": p}
                                                           for p, i in zip(row_values, row_indices)]})
     return results
+
+
+def _class_names(weights, num_classes: int) -> list[str]:
+    """Class names a training run stored with the weights; else ImageNet's for 1000 classes."""
+    from .weights import is_effscale_file, read_metadata
+
+    if is_effscale_file(weights):
+        stored = read_metadata(weights)["extra"].get("classes")
+        if isinstance(stored, list) and len(stored) == num_classes:
+            return [str(name) for name in stored]
+    return imagenet_labels() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+

@@ -1,0 +1,524 @@
+"""The training loop: recipe, checkpoints, exact resume, DDP, transfer and distillation.
+
+Determinism: the data order of an epoch is a function of (seed, epoch) and the global RNG
+(augmentation, dropout, drop-path) is reseeded from (seed, step, rank) before every optimizer
+step. A run resumed from a checkpoint therefore continues with exactly the random numbers
+the uninterrupted run would have used, and on CPU ends bit-identical to it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cost import cost
+from ..data import BatchTransform, batches_per_epoch, iterate_batches, load_data
+from ..errors import EffscaleError
+from ..model import resolve_spec
+from ..nn.network import EfficientNet
+from ..scaling import compound
+from ..spec import NetworkSpec
+from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
+from .ema import ModelEMA
+from .evaluate import evaluate
+from .optim import lr_factor, make_optimizer
+from .recipe import Recipe, get_recipe, quick_spec, regularisation
+
+CHECKPOINT_FORMAT = "effscale-train-1"
+
+
+class TrainingDiverged(EffscaleError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    recipe: str = "quick"
+    model: str | None = None  # a model name or spec file; None = the recipe's default model
+    phi: float | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    precision: str | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    init: str | None = None
+    teacher: str | None = None
+    linear_probe: bool = False
+    accumulation: int = 1
+    grad_checkpointing: bool = False
+    distill_alpha: float = 0.5  # weight of the KL term; (1 - alpha) goes to cross-entropy
+    distill_temperature: float = 4.0
+    progress: bool = True
+    command: str = ""
+
+    def validate(self) -> None:
+        for name in ("epochs", "max_steps", "batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise EffscaleError(f"{name}={value!r} must be an integer >= 1")
+        if not isinstance(self.accumulation, int) or self.accumulation < 1:
+            raise EffscaleError(f"accumulation={self.accumulation!r} must be an integer >= 1")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise EffscaleError(f"lr={self.lr!r} must be a finite number > 0")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise EffscaleError("distill_alpha must be in [0, 1] and distill_temperature > 0")
+        if self.resume and self.init:
+            raise EffscaleError("--resume continues a run from its own checkpoint; drop --init")
+
+
+# -- distributed ---------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on GPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world_size == 1:
+        return Dist(device=torch.device("cuda" if cuda else "cpu"))
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(rank=dist.get_rank(), world_size=world_size, device=device)
+
+
+def _all_true(flag: bool, dist_info: Dist) -> bool:
+    if dist_info.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    tensor = torch.tensor([0 if flag else 1], device=dist_info.device)
+    dist.all_reduce(tensor)
+    return tensor.item() == 0
+
+
+# -- model set-up --------------------------------------------------------------------------------
+def _resolve_student_spec(config: TrainConfig, init_spec: NetworkSpec | None) -> NetworkSpec:
+    if config.model is not None:
+        from ..summary import load_spec
+
+        spec = load_spec(config.model)
+    elif init_spec is not None:
+        spec = init_spec
+    elif config.recipe == "quick":
+        spec = quick_spec()
+    else:
+        spec = resolve_spec("efficientnet_b0")
+    if config.phi is not None:
+        spec = compound(spec, config.phi)
+    return spec
+
+
+def _read_init(path: str):
+    """(spec or None, state dict in effscale keys) of an --init / --teacher checkpoint."""
+    from ..weights import is_effscale_file, model_from_file
+
+    location = Path(path)
+    if location.is_dir():
+        location = location / "model.safetensors"
+    if not location.exists():
+        raise EffscaleError(f"checkpoint {path!r} does not exist")
+    if is_effscale_file(location):
+        model = model_from_file(location)
+        return model.spec, model
+    return None, location
+
+
+def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """RGB stem -> grayscale (sum over colour) or more channels (repeat, rescaled): the usual way
+    to reuse ImageNet weights on data with other channel counts."""
+    if weight.shape[1] == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True)
+    repeats = math.ceil(in_chans / weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def _load_init(model: EfficientNet, source) -> None:
+    """Copy every matching weight; the classifier is re-initialised when the class count differs
+    and the stem adapted when the input channels differ. Any other shape difference is an error."""
+    if isinstance(source, Path):  # a foreign checkpoint: build its model from our spec and its layout
+        from ..weights import model_from_checkpoint
+
+        source = model_from_checkpoint(source, model.spec)
+    state = source.state_dict()
+    target = model.state_dict()
+    copied, mismatched = {}, []
+    for key, value in target.items():
+        if key not in state:
+            continue
+        theirs = state[key]
+        if key == "stem.conv.weight":
+            theirs = _adapt_stem(theirs, value.shape[1])
+        if key.startswith("classifier.") and theirs.shape != value.shape:
+            continue  # new task: keep the fresh head
+        if theirs.shape != value.shape:
+            mismatched.append(f"{key}: checkpoint {tuple(theirs.shape)} vs model {tuple(value.shape)}")
+        else:
+            copied[key] = theirs
+    missing = [key for key in target if key not in copied and not key.startswith("classifier.")
+               and not key.endswith("num_batches_tracked")]
+    if mismatched or missing:
+        problems = mismatched + [f"{key}: missing" for key in missing]
+        raise EffscaleError(f"--init weights do not fit {model.spec.name}: {len(problems)} problems, e.g. "
+                            + "; ".join(problems[:5]))
+    model.load_state_dict(copied, strict=False)
+
+
+def _freeze_backbone(model: EfficientNet) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("classifier."))
+
+
+def _backbone_eval(model: EfficientNet) -> None:
+    """Linear probe: BN statistics of the frozen backbone must not move either."""
+    for name, module in model.named_children():
+        if name != "classifier":
+            module.eval()
+
+
+# -- loss ----------------------------------------------------------------------------------------
+def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float,
+                      label_smoothing: float) -> torch.Tensor:
+    """(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher_T || student_T) (Hinton et al.)."""
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - alpha) * hard + alpha * soft
+
+
+# -- the run -------------------------------------------------------------------------------------
+def _fingerprint(config: TrainConfig, recipe: Recipe, spec: NetworkSpec, world_size: int) -> dict:
+    """What must be the same for --resume to continue the same run."""
+    return {"data": config.data, "seed": config.seed, "recipe": asdict(recipe), "spec": spec.to_text(),
+            "world_size": world_size, "accumulation": config.accumulation, "max_steps": config.max_steps,
+            "init": config.init, "teacher": config.teacher, "linear_probe": config.linear_probe}
+
+
+def _estimate_run_bytes(model: nn.Module) -> int:
+    params = sum(p.numel() for p in model.parameters()) * 4
+    return params * 6 + 10_000_000  # model + EMA + 2 optimizer states, twice (partial + last), margin
+
+
+class _Metrics:
+    """metrics.jsonl writer that can be truncated back to a checkpoint on resume."""
+
+    def __init__(self, path: Path, enabled: bool, truncate_to: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            if truncate_to is None:
+                path.write_text("")
+            else:
+                with open(path, "a+b") as handle:
+                    handle.truncate(truncate_to)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.enabled and self.path.exists() else 0
+
+
+def _progress(enabled: bool, total: int, completed: int):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    # stderr: stdout stays clean for --json
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), disable=not enabled, transient=False, console=Console(stderr=True))
+    task = progress.add_task("train", total=total, completed=completed, info="")
+    return progress, task
+
+
+def train(config: TrainConfig) -> dict:
+    """Run training as `config` says; returns the summary written to out/summary.json."""
+    started = time.time()
+    config.validate()
+    dist_info = init_distributed()
+    out = Path(config.out)
+
+    init_spec, init_source = _read_init(config.init) if config.init else (None, None)
+    spec = _resolve_student_spec(config, init_spec)
+    # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
+    storage = round(spec.resolution / spec.crop_pct) if config.data.startswith("folder:") else None
+    splits = load_data(config.data, seed=config.seed, image_size=storage)
+    if init_source is None:
+        # From scratch: preprocessing is the data's own statistics (it travels with the weights).
+        mean, std = _channel_stats(splits.train)
+        spec = spec.replace(mean=mean, std=std)
+    recipe = get_recipe(config.recipe, spec, config.batch_size)
+    recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
+    if recipe.precision == "fp16" and dist_info.device.type == "cpu":
+        raise EffscaleError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
+    per_rank = recipe.batch_size // (dist_info.world_size * config.accumulation)
+    if per_rank * dist_info.world_size * config.accumulation != recipe.batch_size:
+        raise EffscaleError(f"batch size {recipe.batch_size} must be divisible by world size "
+                            f"{dist_info.world_size} x accumulation {config.accumulation}")
+    spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate)
+
+    num_classes, in_chans = splits.train.num_classes, splits.train.in_chans
+    _seed_everything(config.seed)  # the initial weights are a function of the seed too
+    model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans)
+    if dist_info.main:
+        check_output_dir(out, _estimate_run_bytes(model))
+    if init_source is not None:
+        _load_init(model, init_source)
+    if config.linear_probe:
+        _freeze_backbone(model)
+    if config.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise EffscaleError("this build of effscale has no activation checkpointing")
+        model.set_grad_checkpointing(True)
+    teacher = _load_teacher(config.teacher, num_classes, in_chans) if config.teacher else None
+
+    model.to(dist_info.device)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = batches_per_epoch(splits.train, per_rank, drop_last=True,
+                                        world_size=dist_info.world_size) // config.accumulation
+    if steps_per_epoch < 1:
+        raise EffscaleError(f"batch size {recipe.batch_size} is larger than the training split "
+                            f"({len(splits.train)} images)")
+    total_steps = steps_per_epoch * recipe.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    fingerprint = _fingerprint(config, recipe, spec, dist_info.world_size)
+
+    step, wall_before, metrics_offset = 0, 0.0, None
+    if config.resume:
+        state = load_checkpoint(out)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise EffscaleError(f"--resume: {out / 'checkpoint.pt'} is not an effscale training checkpoint")
+        differ = [key for key in fingerprint if state["fingerprint"].get(key) != fingerprint[key]]
+        if differ:
+            raise EffscaleError(f"--resume: the checkpoint in {out} is from a run with different "
+                                f"{', '.join(differ)}; resume with the same options or use another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _match_state_layout(optimizer)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        step, wall_before, metrics_offset = state["step"], state["wall_s"], state["metrics_offset"]
+
+    ddp_model = model
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[dist_info.device] if dist_info.device.type == "cuda"
+                                            else None)
+    transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=recipe.augment,
+                               in_chans=in_chans)
+    metrics = _Metrics(out / "metrics.jsonl", dist_info.main, metrics_offset)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
+    scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
+
+    def checkpoint() -> None:
+        if not dist_info.main:
+            return
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "step": step, "wall_s": wall_before + time.time() - started,
+                         "metrics_offset": metrics.offset(), "fingerprint": fingerprint,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None}, out)
+
+    progress, task = _progress(config.progress and dist_info.main and sys.stderr.isatty(), total_steps, step)
+    images_per_step = recipe.batch_size
+    last_eval: dict | None = None
+    with progress:
+        while step < total_steps:
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            batches = iterate_batches(splits.train, per_rank, seed=config.seed, epoch=epoch, shuffle=True,
+                                      drop_last=True, rank=dist_info.rank, world_size=dist_info.world_size,
+                                      start_batch=step_in_epoch * config.accumulation)
+            model.train()
+            if config.linear_probe:
+                _backbone_eval(model)
+            tick = time.time()
+            while step < total_steps and step // steps_per_epoch == epoch:
+                torch.manual_seed((config.seed * 1_000_003 + step) * 64 + dist_info.rank)
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for micro in range(config.accumulation):
+                    images, labels = next(batches)
+                    inputs = transform(images).to(dist_info.device, memory_format=memory_format)
+                    labels = labels.to(dist_info.device)
+                    sync = micro == config.accumulation - 1 or dist_info.world_size == 1
+                    context = ddp_model.no_sync() if not sync else _nullcontext()
+                    with context, torch.autocast(dist_info.device.type, dtype=amp_dtype or torch.float32,
+                                                 enabled=amp_dtype is not None):
+                        logits = ddp_model(inputs).float()
+                        if teacher is not None:
+                            with torch.no_grad():
+                                teacher_logits = teacher(_resize_for(teacher, inputs)).float()
+                            loss = distillation_loss(logits, teacher_logits, labels, alpha=config.distill_alpha,
+                                                     temperature=config.distill_temperature,
+                                                     label_smoothing=recipe.label_smoothing)
+                        else:
+                            loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+                        loss = loss / config.accumulation
+                    if not _all_true(bool(torch.isfinite(loss)), dist_info):
+                        raise TrainingDiverged(
+                            f"the loss became {loss.item()} at step {step} (epoch {epoch}); training stopped. "
+                            f"The last good checkpoint is {out / 'checkpoint.pt'}: lower --lr, or check the data")
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    loss_sum += loss.item()
+                lr = recipe.lr * lr_factor(step, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                           recipe=recipe)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                now = time.time()
+                throughput = images_per_step / max(now - tick, 1e-9)
+                tick = now
+                metrics.write({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr, "img_per_s": throughput})
+                progress.update(task, advance=1, info=f"loss {loss_sum:.3f} {throughput:.0f} img/s")
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    checkpoint()
+            evaluated = ema.module if ema is not None else model
+            last_eval = evaluate(evaluated, splits.test, precision=recipe.precision,
+                                 channels_last=recipe.channels_last)
+            metrics.write({"epoch": epoch, "step": step, "test_top1": last_eval["top1"],
+                           "test_top5": last_eval["top5"]})
+            if dist_info.main:
+                progress.console.print(f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}: "
+                                       f"step {step}, test top-1 {last_eval['top1']:.2f} %, "
+                                       f"top-5 {last_eval['top5']:.2f} %")
+            checkpoint()
+
+    final = ema.module if ema is not None else model
+    if last_eval is None:  # resumed a finished run: nothing trained, evaluate what is there
+        last_eval = evaluate(final, splits.test, precision=recipe.precision)
+    checksums = _rank_checksums(model, dist_info)
+    summary = {
+        "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_samples": last_eval["samples"],
+        "params": cost(spec, num_classes=num_classes, in_chans=in_chans).params,
+        "macs": cost(spec, num_classes=num_classes, in_chans=in_chans).macs,
+        "wall_s": round(wall_before + time.time() - started, 2), "world_size": dist_info.world_size,
+        "steps": step, "epochs": recipe.epochs, "recipe": asdict(recipe), "model": spec.name,
+        "resolution": spec.resolution, "data": config.data, "seed": config.seed,
+        "weights": str(out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
+        "command": config.command or " ".join(sys.argv),
+    }
+    if dist_info.main:
+        from ..weights import save_weights
+
+        final_cpu = final.to("cpu", memory_format=torch.contiguous_format)
+        save_weights(final_cpu, out / "model.safetensors",
+                     extra_metadata={"classes": list(splits.train.classes), "data": config.data,
+                                     "test_top1": last_eval["top1"]})
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state its parameter's memory layout (channels_last params had
+    channels_last state); elementwise kernels take different vector paths for different strides,
+    and the rounding then differs from the uninterrupted run."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _channel_stats(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    images = dataset.images[:5000].float() / 255
+    mean = images.mean((0, 2, 3)).tolist()
+    std = images.std((0, 2, 3)).clamp(min=1e-3).tolist()
+    if len(mean) == 1:  # the spec stores 3 values; grayscale uses their mean
+        mean, std = mean * 3, std * 3
+    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+
+
+def _load_teacher(path: str, num_classes: int, in_chans: int) -> nn.Module:
+    spec, teacher = _read_init(path)
+    if spec is None:
+        raise EffscaleError(f"--teacher {path!r} must be an effscale weights file or run directory "
+                            "(it must know its own model)")
+    if teacher.num_classes != num_classes or teacher.in_chans != in_chans:
+        raise EffscaleError(f"--teacher {path!r} predicts {teacher.num_classes} classes from {teacher.in_chans} "
+                            f"channels; the data has {num_classes} classes and {in_chans} channels")
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def _resize_for(teacher: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    size = teacher.spec.resolution
+    if inputs.shape[-1] == size:
+        return inputs
+    return F.interpolate(inputs, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _rank_checksums(model: nn.Module, dist_info: Dist) -> list[float]:
+    """A checksum of every rank's weights, to confirm DDP kept the replicas identical."""
+    local = torch.tensor([float(sum(p.detach().double().sum() for p in model.parameters()))])
+    if dist_info.world_size == 1:
+        return [local.item()]
+    import torch.distributed as dist
+
+    gathered = [torch.zeros(1, dtype=local.dtype) for _ in range(dist_info.world_size)]
+    dist.all_gather(gathered, local)
+    return [t.item() for t in gathered]
