@@ -104,7 +104,7 @@ def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSp
     results = []
     for start in range(0, len(images), _BATCH):
         chunk = images[start:start + _BATCH]
-        batch = preprocess(chunk, network.spec)
+        batch = preprocess(chunk, network)
         with torch.inference_mode():
             probs = network(batch).float().softmax(dim=-1)
         values, indices = probs.topk(top_k, dim=-1)

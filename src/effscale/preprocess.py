@@ -55,11 +55,18 @@ def to_rgb(image: ImageLike) -> Image.Image:
     raise EffscaleError(f"expected an image path, PIL image or uint8 array, got {type(image).__name__}")
 
 
-def transform(image: ImageLike, spec: NetworkSpec) -> torch.Tensor:
-    """One image -> a normalised float tensor (3, resolution, resolution)."""
+def transform(image: ImageLike, spec: NetworkSpec, in_chans: int = 3) -> torch.Tensor:
+    """One image -> a normalised float tensor (in_chans, resolution, resolution).
+
+    `in_chans=1` (models trained on grayscale data) converts to luminance and normalises with
+    the mean of the spec's three means / stds, as the training transform does."""
     if not isinstance(spec, NetworkSpec):
         raise EffscaleError(f"expected a NetworkSpec, got {type(spec).__name__}")
+    if in_chans not in (1, 3):
+        raise EffscaleError(f"in_chans={in_chans!r}: images can be preprocessed for 1 or 3 channels")
     image = to_rgb(image)
+    if in_chans == 1:
+        image = image.convert("L")
     size, crop = resize_size(spec), spec.resolution
     width, height = image.size
     if width <= height:
@@ -74,6 +81,8 @@ def transform(image: ImageLike, spec: NetworkSpec) -> torch.Tensor:
     array = np.asarray(image, dtype=np.float32) / 255.0
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
+    if in_chans == 1:
+        array, mean, std = array[..., None], mean.mean(keepdims=True), std.mean(keepdims=True)
     return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
 
 
@@ -82,12 +91,13 @@ def preprocess(images: ImageLike | Iterable[ImageLike], spec) -> torch.Tensor:
 
     `spec` is a NetworkSpec or a model carrying one (`model.spec`).
     """
+    in_chans = getattr(spec, "in_chans", 3)  # a model knows its input channels
     spec = getattr(spec, "spec", spec)
     if not isinstance(spec, NetworkSpec):
         raise EffscaleError(f"expected a NetworkSpec or an effscale model, got {type(spec).__name__}")
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
-    tensors = [transform(image, spec) for image in images]
+    tensors = [transform(image, spec, in_chans) for image in images]
     if not tensors:
         raise EffscaleError("no images given")
     return torch.stack(tensors)

@@ -42,8 +42,10 @@ class Recipe:
     dropout: float = 0.2
     drop_path_rate: float = 0.2
     augment: str = "basic"
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range (Inception default)
     precision: str = "fp32"
     channels_last: bool = True
+    bn_momentum: float | None = None  # None keeps the spec's; short runs need faster-moving BN statistics
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,7 +91,8 @@ def quick_spec(in_chans_resolution: int = 32) -> NetworkSpec:
                   resolution=in_chans_resolution)
     stages = tuple(dataclasses.replace(stage, stride=1) if index == 1 else stage
                    for index, stage in enumerate(small.stages))
-    return small.replace(stages=stages, head_channels=640)
+    # crop_pct 1: small images are resized whole, as the training eval transform does.
+    return small.replace(stages=stages, head_channels=640, crop_pct=1.0)
 
 
 def paper_recipe(spec: NetworkSpec, batch_size: int = 256) -> Recipe:
@@ -109,7 +112,7 @@ def quick_recipe(spec: NetworkSpec, batch_size: int = 128) -> Recipe:
     return Recipe(name="quick", epochs=10, batch_size=batch_size, optimizer="adamw",
                   lr=4e-3 * batch_size / 128, weight_decay=0.05, warmup_epochs=1, schedule="cosine",
                   label_smoothing=0.1, ema_decay=0.0, dropout=dropout, drop_path_rate=drop_path,
-                  augment="basic", precision="fp32")
+                  augment="basic", crop_scale=(0.8, 1.0), precision="fp32", bn_momentum=0.1)
 
 
 RECIPES = {"quick": quick_recipe, "paper": paper_recipe}

@@ -285,7 +285,8 @@ def train(config: TrainConfig) -> dict:
     if per_rank * dist_info.world_size * config.accumulation != recipe.batch_size:
         raise EffscaleError(f"batch size {recipe.batch_size} must be divisible by world size "
                             f"{dist_info.world_size} x accumulation {config.accumulation}")
-    spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate)
+    spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
+                        bn_momentum=recipe.bn_momentum or spec.bn_momentum)
 
     num_classes, in_chans = splits.train.num_classes, splits.train.in_chans
     _seed_everything(config.seed)  # the initial weights are a function of the seed too
@@ -340,7 +341,7 @@ def train(config: TrainConfig) -> dict:
         ddp_model = DistributedDataParallel(model, device_ids=[dist_info.device] if dist_info.device.type == "cuda"
                                             else None)
     transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=recipe.augment,
-                               in_chans=in_chans)
+                               in_chans=in_chans, scale=recipe.crop_scale)
     metrics = _Metrics(out / "metrics.jsonl", dist_info.main, metrics_offset)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
     scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
