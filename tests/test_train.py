@@ -253,6 +253,14 @@ def test_eval_cli_json(toy, tmp_path, capsys):
     assert result["top1"] == pytest.approx(summary["test_top1"])
     assert main(["eval", str(tmp_path), "--data", toy["data"]]) == 2
 
+    from PIL import Image
+
+    image = tmp_path / "stripes.png"
+    Image.fromarray((np.indices((28, 28))[0] // 3 % 2 * 200).astype(np.uint8)).save(image)
+    assert main(["predict", str(image), "--weights", str(out / "model.safetensors"), "--top-k", "2", "--json"]) == 0
+    prediction = json.loads(capsys.readouterr().out)
+    assert {entry["label"] for entry in prediction[0]["top_k"]} <= {"0", "1", "2", "3"}  # the run's class names
+
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(toy, tmp_path):
