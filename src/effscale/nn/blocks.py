@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..spec import BlockSpec
+from . import memory
 from .layers import ConvNormAct, DropPath, SqueezeExcite
 
 
@@ -26,12 +27,21 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(block.drop_path_rate) if self.has_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if memory.active(self):
+            # Training: the depthwise conv's input (and the project conv's, without SE) is
+            # recomputed in backward instead of kept (nn/memory.py).
+            with memory.recompute_activations():
+                out = self._branch(x)
+        else:
+            out = self._branch(x)
+        return x + self.drop_path(out) if self.has_residual else out
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.expand(x) if hasattr(self, "expand") else x
         out = self.depthwise(out)
         if hasattr(self, "se"):
             out = self.se(out)
-        out = self.project(out)
-        return x + self.drop_path(out) if self.has_residual else out
+        return self.project(out)
 
 
 class FusedMBConv(nn.Module):
@@ -56,12 +66,18 @@ class FusedMBConv(nn.Module):
         self.drop_path = DropPath(block.drop_path_rate) if self.has_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if memory.active(self):  # see MBConv.forward
+            with memory.recompute_activations():
+                out = self._branch(x)
+        else:
+            out = self._branch(x)
+        return x + self.drop_path(out) if self.has_residual else out
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fused(x)
         if hasattr(self, "se"):
             out = self.se(out)
-        if hasattr(self, "project"):
-            out = self.project(out)
-        return x + self.drop_path(out) if self.has_residual else out
+        return self.project(out) if hasattr(self, "project") else out
 
 
 BLOCKS = {"mbconv": MBConv, "fused_mbconv": FusedMBConv}

@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
+
 
 def make_activation(name: str) -> nn.Module:
     if name == "gelu":
         return nn.GELU()
-    return {"swish": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}[name](inplace=True)
+    return {"swish": memory.Swish, "relu6": nn.ReLU6, "relu": nn.ReLU}[name](inplace=True)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -52,6 +54,26 @@ class ConvNormAct(nn.Sequential):
         if activation is not None:
             self.act = make_activation(activation)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # While training, batch norm + activation run as one memory-efficient function (and
+        # never update running statistics twice under checkpointing); see nn/memory.py.
+        if not (self.training and torch.is_grad_enabled()) or memory.tracing() or not self._fusable():
+            return super().forward(x)
+        fuse = memory.ops_enabled() and not self._hooked()  # plain modules: switched off, or bn/act tapped
+        recomputing = memory.recomputing()
+        if not (fuse or recomputing):
+            return super().forward(x)
+        return memory.batch_norm_act(self.conv(x), self.bn, getattr(self, "act", None),
+                                     update_stats=not recomputing, fuse=fuse)
+
+    def _fusable(self) -> bool:
+        bn = self.bn
+        return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+
+    def _hooked(self) -> bool:
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in (self.bn, getattr(self, "act", None)) if m is not None)
+
 
 class SqueezeExcite(nn.Module):
     """Channel gate: global pool -> 1x1 reduce -> act -> 1x1 expand -> sigmoid -> scale."""
@@ -63,6 +85,9 @@ class SqueezeExcite(nn.Module):
         self.expand = nn.Conv2d(squeeze_channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if memory.active(self):  # training: keep the gated output for backward, not x
+            gate = self.expand(self.act(self.reduce(memory.spatial_mean(x))))
+            return memory.squeeze_excite_gate(x, gate)
         gate = x.mean((2, 3), keepdim=True)
         gate = self.expand(self.act(self.reduce(gate)))
         return x * gate.sigmoid()

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import EffscaleError
 from ..spec import STEM_KERNEL, STEM_STRIDE, NetworkSpec
+from . import memory
 from .blocks import BLOCKS
 from .layers import ConvNormAct
 
@@ -25,6 +26,7 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.features_only = features_only
+        self.grad_checkpointing = False
         norm = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
         self.stem = ConvNormAct(in_chans, spec.stem_channels, STEM_KERNEL, STEM_STRIDE,
                                 activation=spec.activation, padding=spec.padding, **norm)
@@ -61,9 +63,28 @@ class EfficientNet(nn.Module):
     def num_features(self) -> int:
         return self.spec.head_channels
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per stage while training (timm's method name).
+
+        Backward keeps only each stage's input and re-runs the stage, for about one extra
+        forward pass; eval and `torch.no_grad` are unaffected. See nn/memory.py.
+        """
+        self.grad_checkpointing = bool(enable)
+
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return memory.checkpoint_stage(stage, x) if self._checkpointing() else stage(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, stages and head: the last feature map before pooling."""
-        x = self.stages(self.stem(x))
+        x = self.stem(x)
+        if self._checkpointing():
+            for stage in self.stages:
+                x = memory.checkpoint_stage(stage, x)
+        else:
+            x = self.stages(x)
         return x if self.features_only else self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -75,7 +96,7 @@ class EfficientNet(nn.Module):
         x = self.stem(x)
         features = [x] if -1 in self._feature_stages else []
         for index, stage in enumerate(self.stages):
-            x = stage(x)
+            x = self._run_stage(stage, x)
             if index in self._feature_stages:
                 features.append(x)
         return features

@@ -347,6 +347,11 @@ def train(config: TrainConfig) -> dict:
     scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
 
     def checkpoint() -> None:
+        # A loss can stay finite while weights or BN statistics overflow; never save those.
+        if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+            raise TrainingDiverged(
+                f"the weights became non-finite at step {step}; training stopped. The last good checkpoint "
+                f"is {out / 'checkpoint.pt'}: lower --lr, or check the data")
         if not dist_info.main:
             return
         save_checkpoint({"format": CHECKPOINT_FORMAT, "step": step, "wall_s": wall_before + time.time() - started,
@@ -434,7 +439,7 @@ def train(config: TrainConfig) -> dict:
         "params": cost(spec, num_classes=num_classes, in_chans=in_chans).params,
         "macs": cost(spec, num_classes=num_classes, in_chans=in_chans).macs,
         "wall_s": round(wall_before + time.time() - started, 2), "world_size": dist_info.world_size,
-        "steps": step, "epochs": recipe.epochs, "recipe": asdict(recipe), "model": spec.name,
+        "steps": step, "epochs": recipe.epochs, "recipe": json.loads(json.dumps(asdict(recipe))), "model": spec.name,
         "resolution": spec.resolution, "data": config.data, "seed": config.seed,
         "weights": str(out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
         "command": config.command or " ".join(sys.argv),
