@@ -274,3 +274,12 @@ def test_ddp_two_processes_gloo(toy, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["weights_identical_across_ranks"] is True
     assert summary["steps"] == 192 // 32
+
+
+def test_accumulation_bf16_and_checkpointing_run(toy, tmp_path):
+    summary = train(config(toy, tmp_path / "run", epochs=1, accumulation=2, precision="bf16",
+                           grad_checkpointing=True))
+    assert summary["steps"] == 192 // 32 and summary["recipe"]["precision"] == "bf16"
+    assert math.isfinite(summary["test_top1"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
