@@ -45,6 +45,7 @@ from typing import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub; weights are random anyway
 
 import torch  # noqa: E402
+from machine_info import cpu_description, usable_cpus  # noqa: E402
 
 import effscale  # noqa: E402
 from effscale.nn import prepare_for_inference  # noqa: E402
@@ -184,17 +185,7 @@ def summarize(runners: list[Runner], name: str, resolution: int, batch: int) -> 
 
 # -- machine -----------------------------------------------------------------------------------
 def machine(threads: int) -> dict:
-    cpu, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu is None:
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    cpu = cpu or platform.processor() or "unknown"
+    cpu, flags = cpu_description()
     versions = {"torch": torch.__version__, "effscale": effscale.__version__}
     for module in REFERENCES:
         try:
@@ -204,8 +195,8 @@ def machine(threads: int) -> dict:
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
+        "usable_cpus": usable_cpus(),
+        "cpu_flags": flags,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "threads": threads,

@@ -118,20 +118,13 @@ def machine(threads: int) -> dict:
     import timm
 
     import effscale
-    cpu, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu is None:
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    from machine_info import cpu_description, usable_cpus
+
+    cpu, flags = cpu_description()
     return {
-        "cpu": cpu or platform.processor() or "unknown",
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}),
+        "cpu": cpu,
+        "usable_cpus": usable_cpus(),
+        "cpu_flags": flags,
         "threads": threads,
         "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "effscale": effscale.__version__},
