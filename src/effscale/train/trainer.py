@@ -7,6 +7,7 @@ the uninterrupted run would have used, and on CPU ends bit-identical to it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -381,7 +382,7 @@ def train(config: TrainConfig) -> dict:
                     inputs = transform(images).to(dist_info.device, memory_format=memory_format)
                     labels = labels.to(dist_info.device)
                     sync = micro == config.accumulation - 1 or dist_info.world_size == 1
-                    context = ddp_model.no_sync() if not sync else _nullcontext()
+                    context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
                     with context, torch.autocast(dist_info.device.type, dtype=amp_dtype or torch.float32,
                                                  enabled=amp_dtype is not None):
                         logits = ddp_model(inputs).float()
@@ -478,14 +479,6 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
             for key, value in optimizer.state.get(param, {}).items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                     optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _channel_stats(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
