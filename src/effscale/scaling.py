@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from .errors import EffscaleError
 from .spec import MIN_RESOLUTION, NetworkSpec, make_divisible
@@ -84,14 +85,18 @@ def round_repeats(repeats: int, depth: float) -> int:
 
 
 def round_resolution(resolution: int, factor: float, multiple: int = RESOLUTION_MULTIPLE) -> int:
+    if not isinstance(multiple, int) or multiple < 1:
+        raise EffscaleError(f"resolution multiple={multiple!r} must be an integer >= 1")
     return int(round(resolution * factor / multiple)) * multiple
 
 
 def scale(spec: NetworkSpec, coefficients: Coefficients, *, name: str | None = None,
-          resolution: int | None = None) -> NetworkSpec:
+          resolution: int | None = None, resolution_multiple: int = RESOLUTION_MULTIPLE) -> NetworkSpec:
     """Scale `spec` by `coefficients` with the reference rounding.
 
     `resolution` overrides the rounded resolution (the released family uses hand-picked sizes).
+    `resolution_multiple` is 8 by default; the scaling lab uses 1 at small resolutions, where a
+    step of 8 px is a 25-50 % step in FLOPs and matching MACs within a few percent is impossible.
     Raises when a stage would have less than one channel before rounding, or the resolution
     falls below 32 pixels.
     """
@@ -103,7 +108,7 @@ def scale(spec: NetworkSpec, coefficients: Coefficients, *, name: str | None = N
                 f"width multiplier {width:.4g} leaves stage {index + 1} with {stage.out_channels * width:.3g} "
                 f"channels (< 1); the width multiplier must be >= {min_width:.4g} for {spec.name}")
     if resolution is None:
-        resolution = round_resolution(spec.resolution, coefficients.resolution)
+        resolution = round_resolution(spec.resolution, coefficients.resolution, resolution_multiple)
         if resolution < MIN_RESOLUTION:
             raise EffscaleError(
                 f"resolution multiplier {coefficients.resolution:.4g} takes {spec.name}'s {spec.resolution} px "
@@ -131,3 +136,34 @@ def compound(base: NetworkSpec, phi: float, rule: ScalingRule | None = None) -> 
     rule = rule or ScalingRule()
     coefficients = rule.at(phi)
     return scale(base, coefficients, name=f"{base.name}-phi{phi:g}")
+
+
+@runtime_checkable
+class Scalable(Protocol):
+    """What the scaling lab (search, study, demo) needs from a family's spec.
+
+    A spec is a frozen description with three knobs, depth, width and a resolution (image
+    side, sequence length, ...). `NetworkSpec` implements it, and so does the 1-D time-series
+    family in `effscale.series`: anything with these members can be searched and studied.
+
+    - ``kind``: the input it takes ("image", "series"); the lab checks it against the data's.
+    - ``name``, ``resolution``: as in NetworkSpec.
+    - ``scaled(coefficients, *, name=None, resolution_multiple=8)``: the spec scaled by
+      (depth, width, resolution) with the family's rounding; pure, raises EffscaleError.
+    - ``build(num_classes, in_chans)``: a fresh torch module for the spec.
+    - ``analytic_cost()``: an object with ``params`` and ``macs`` (batch 1, own resolution).
+    - ``to_text()``: a text form that records the whole spec.
+    """
+
+    kind: str
+    name: str
+    resolution: int
+
+    def scaled(self, coefficients: Coefficients, *, name: str | None = None,
+               resolution_multiple: int = RESOLUTION_MULTIPLE): ...
+
+    def build(self, num_classes: int, in_chans: int): ...
+
+    def analytic_cost(self): ...
+
+    def to_text(self) -> str: ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import EffscaleError
 
@@ -241,6 +242,21 @@ class NetworkSpec:
             raise EffscaleError(f"unknown spec field {unknown[0]!r}{closest(unknown[0], allowed)} "
                                 f"(allowed: {', '.join(allowed)})")
         return dataclasses.replace(self, **changes)
+
+    # -- the scaling-lab protocol (scaling.Scalable) ------------------------------------
+    kind: ClassVar[str] = "image"
+
+    def scaled(self, coefficients, *, name: str | None = None, resolution_multiple: int = 8) -> "NetworkSpec":
+        from .scaling import scale
+        return scale(self, coefficients, name=name, resolution_multiple=resolution_multiple)
+
+    def build(self, num_classes: int = 1000, in_chans: int = 3):
+        from .nn.network import EfficientNet
+        return EfficientNet(self, num_classes=num_classes, in_chans=in_chans)
+
+    def analytic_cost(self, batch: int = 1):
+        from .cost import cost
+        return cost(self, batch=batch)
 
     # -- text form ---------------------------------------------------------------------
     def to_text(self) -> str:
