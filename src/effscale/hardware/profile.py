@@ -144,6 +144,19 @@ class DeviceProfile:
 
         return latency.predict(self, spec, batch=batch, method=method)
 
+    def member_fits(self) -> list[dict]:
+        """Each calibration network: MACs, measured median and every method's (in-sample) prediction."""
+        from ..spec import NetworkSpec
+
+        rows = []
+        for member in self.members:
+            spec = NetworkSpec.from_text(member["spec"])
+            rows.append({"name": member["name"], "resolution": spec.resolution, "macs": member["macs"],
+                         "measured_ms": member["median_ms"],
+                         "predicted_ms": {m: self.predict_latency(spec, batch=member["batch"], method=m)
+                                          for m in LATENCY_METHODS}})
+        return rows
+
     def compatibility(self) -> list[str]:
         """How this machine differs from the one measured (CPU, usable CPUs for the threads, torch)."""
         here = machine_description()

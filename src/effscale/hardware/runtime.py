@@ -56,12 +56,13 @@ def torch_threads(threads: int):
 
 
 def time_call(call, *, warmup: int = 2, repeats: int | None = None, budget_s: float = 1.0,
-              min_repeats: int = 5, max_repeats: int = 200) -> LatencyMeasurement:
+              min_repeats: int = 5, max_repeats: int = 200, collect: bool = True) -> LatencyMeasurement:
     """Time `call()` after `warmup` calls: `repeats` times, or adaptively by time budget.
 
     Adaptive (repeats=None): at least `min_repeats` samples, then more until `budget_s` of timed
     calls or `max_repeats`, so a 0.1 ms layer gets many samples and a 300 ms network a few. The
-    garbage collector is paused while timing (a collection inside a call is noise, not latency).
+    garbage collector is paused while timing (a collection inside a call is noise, not latency);
+    `collect` runs one first (~0.1 s with torch loaded: callers timing many things collect once).
     """
     if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
         raise EffscaleError(f"repeats={repeats!r} must be an integer >= 1 (or None: adaptive)")
@@ -70,7 +71,8 @@ def time_call(call, *, warmup: int = 2, repeats: int | None = None, budget_s: fl
     for _ in range(warmup):
         call()
     samples: list[float] = []
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.disable()
     try:
         spent = 0.0
