@@ -126,6 +126,152 @@ def cmd_eval(args) -> None:
             for i, (name, row) in enumerate(zip(classes, result["confusion"]))])
 
 
+def _command_line() -> str:
+    import shlex
+
+    return "effscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _rule(args):
+    from .scaling import ScalingRule
+
+    given = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta), ("gamma", args.gamma)) if v is not None}
+    return ScalingRule(**given)
+
+
+def cmd_search(args) -> None:
+    from .search import SearchConfig, search
+
+    result = search(SearchConfig(
+        model=args.model, data=args.data, out=args.out, phi=args.phi, target=args.target, budget=args.budget,
+        sampler=args.sampler, trials=args.trials, alpha_grid=args.alpha_grid, beta_grid=args.beta_grid,
+        storage=args.storage, study_name=args.study_name, seed=args.seed, progress=not args.json))
+    if args.json:
+        return _print_json(result)
+    print(f"best: alpha={result['alpha']:g} beta={result['beta']:g} gamma={result['gamma']:.4g} "
+          f"(minival top-1 {result['top1']:.2f} %; alpha*beta^2*gamma^2 = {result['target']:g})")
+    _table(f"{len(result['trials'])} trials of {result['study_name']} ({result['storage']})",
+           ["alpha", "beta", "gamma", "resolution", "MACs", "x base", "params", "top-1 %", "seconds"],
+           [[f"{t['alpha']:g}", f"{t['beta']:g}", f"{t['gamma']:.4f}", t["resolution"], _human(t["macs"]),
+             f"{t['macs_ratio']:.2f}", _human(t["params"]), f"{t['top1']:.2f}", t["seconds"]] for t in result["trials"]])
+    for failure in result["failed"]:
+        print(f"trial {failure['number']} ({failure['point']}) failed: {failure['error']}", file=sys.stderr)
+
+
+def cmd_study(args) -> None:
+    from .search import StudyConfig, run_study
+
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    result = run_study(StudyConfig(
+        model=args.model, data=args.data, out=args.out, targets=_numbers(args.targets, "--targets"),
+        seeds=args.seeds, phi=args.phi, budget=args.budget, rule=_rule(args), strategies=strategies,
+        progress=not args.json, command=_command_line()))
+    if args.json:
+        return _print_json(result)
+    _table(f"{result['base']} on {result['data']}: mean over {result['seeds']} seed(s)",
+           ["strategy", "target", "MACs", "x base", "matched", "params", "top-1 %", "min..max", "latency ms"],
+           [[s["strategy"], f"{s['target']:g}x", _human(s["macs"]), f"{s['macs_ratio']:.3f}",
+             "yes" if s["matched"] else "NO", _human(s["params"]), f"{s['top1_mean']:.2f}",
+             f"{s['top1_min']:.2f}..{s['top1_max']:.2f}", f"{s['latency_ms']:.2f}"] for s in result["summary"]])
+    print(f"report: {result['report']}")
+
+
+def cmd_demo(args) -> None:
+    from .search import run_demo
+
+    result = run_demo(args.out, quick=args.quick, latency_ms=args.latency_ms, progress=not args.json)
+    if args.json:
+        return _print_json(result)
+    rule, chosen = result["rule"], result["chosen"]
+    print(f"found alpha={rule['alpha']:g} beta={rule['beta']:g} gamma={rule['gamma']:.4g}; under "
+          f"{result['latency_budget_ms']:g} ms: {chosen['name']} ({_human(chosen['macs'])} MACs, "
+          f"{chosen['remeasured_ms']:.2f} ms, top-1 {chosen['top1']:.2f} %)")
+    print(f"weights: {result['weights']}\nreport:  {result['report']}")
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EffscaleError(f"{option} {text!r} must be comma-separated numbers, e.g. 2,4,8") from None
+
+
+def cmd_profile(args) -> None:
+    import warnings
+
+    from .hardware import load_profile, run_profile
+
+    if args.show:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            profile, path = load_profile(args.show), args.show
+        for warning in caught:
+            print(f"effscale: warning: {warning.message}", file=sys.stderr)
+    else:
+        profile = run_profile(threads=args.threads, precision=args.precision, quick=args.quick,
+                              progress=not args.json, _tiny=args.tiny)
+        path = profile.save(args.out)
+    if args.json:
+        return _print_json(profile.to_dict())
+    print(f"{path}: {profile.machine['cpu']}, {profile.threads} thread(s), {profile.precision}, "
+          f"{'channels_last' if profile.channels_last else 'NCHW'} | peak {_human(profile.peak_flops, 'FLOP/s')} | "
+          f"bandwidth {_human(profile.bandwidth, 'B/s')} | {len(profile.layers)} layer units")
+    fits = profile.member_fits()
+    methods = list(fits[0]["predicted_ms"])
+    _table("whole networks: measured median and fitted predictions (ms)",
+           ["network", "resolution", "MACs", "measured"] + methods,
+           [[f["name"], f["resolution"], _human(f["macs"]), f"{f['measured_ms']:.2f}"]
+            + [f"{f['predicted_ms'][m]:.2f}" for m in methods] for f in fits])
+
+
+def cmd_plan(args) -> None:
+    import warnings
+
+    from .hardware import load_profile
+    from .hardware.plan import plan
+    from .summary import load_spec
+
+    with warnings.catch_warnings(record=True) as caught:  # a profile from elsewhere: one line each
+        warnings.simplefilter("always")
+        profile = load_profile(args.device)
+    for warning in caught:
+        print(f"effscale: warning: {warning.message}", file=sys.stderr)
+    result = plan(profile, latency_ms=args.latency_ms, memory_mb=args.memory_mb, energy_mj=args.energy_mj,
+                  sustained=args.sustained, batch=args.batch, free_coefficients=args.free_coefficients,
+                  accuracy=args.accuracy_from, base=load_spec(args.base), verify=not args.no_verify,
+                  method=args.method, spec_out=args.spec_out,
+                  progress=not args.json and sys.stderr.isatty()).to_dict()
+    if args.json:
+        return _print_json(result)
+    verdict = {True: "fits (measured)", False: "does NOT fit when measured", None: "not verified"}[result["fits"]]
+    print(f"{result['name']}: {result['resolution']} px, {_human(result['params'])} params, "
+          f"{_human(result['macs'])} MACs, coefficients "
+          + ", ".join(f"{k} {v:.3g}" for k, v in result["coefficients"].items()) + f" -- {verdict}")
+    budget, measured = result["budgets"], result["measured_ms"]
+    rows = [["latency (batch %d)" % budget["batch"], f"{budget['latency_ms']:g} ms" if budget["latency_ms"] else "-",
+             f"{result['predicted_ms']:.3g} ms", f"{measured:.3g} ms" if measured is not None else "-"],
+            ["peak memory", f"{budget['memory_mb']:g} MB" if budget["memory_mb"] else "-",
+             f"{result['memory_mb']:.1f} MB", "-"],
+            ["energy per call", f"{budget['energy_mj']:g} mJ" if budget["energy_mj"] else "-",
+             f"{result['energy_mj']:.3g} mJ ({result['energy_method']})", "-"]]
+    if result["sustained"]:
+        heat = result["sustained"]  # from the measured latency when there is one
+        text = f"{heat['final_ms']:.3g} ms" + (f", throttles after {heat['time_to_throttle_s']:.0f} s"
+                                               if heat["throttles"] else ", no throttling")
+        rows.append([f"sustained ({heat['preset']}, {heat['duration_s']:g} s)", f"{budget['latency_ms']:g} ms"]
+                    + (["-", text] if measured is not None else [text, "-"]))
+    if result["expected_top1"] is not None:
+        rows.append(["expected top-1", "-", f"{result['expected_top1']:.2f} %", "-"])
+    _table("budgets", ["budget", "limit", "this model (predicted)", "measured"], rows)
+    if len(result["attempts"]) > 1:
+        _table("verification attempts", ["model", "MACs", "predicted ms", "measured ms", "fits"],
+               [[a["name"], _human(a["macs"]), f"{a['predicted_ms']:.3g}", f"{a['measured_ms']:.3g}",
+                 "yes" if a["fits"] else "no"] for a in result["attempts"]])
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"train it: {result['train_command']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -194,6 +340,80 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
+
+    search = commands.add_parser("search", help="search alpha, beta, gamma on your base and data (Optuna)")
+    search.add_argument("--model", required=True, help="base: effscale_lab, a model name, a spec file or a series "
+                                                       "model (series_b0)")
+    search.add_argument("--phi", type=float, help="compound-scale the base by phi first (EfficientNet rule)")
+    search.add_argument("--data", required=True, help="fashion-mnist, idx:DIR, folder:DIR or synthetic-series")
+    search.add_argument("--target", type=float, default=2.0, help="alpha*beta^2*gamma^2 (FLOPs per unit phi; "
+                                                                 "default 2)")
+    search.add_argument("--budget", default="quick", help="proxy training per candidate: tiny, short, quick, "
+                                                          "standard")
+    search.add_argument("--sampler", default="grid", help="grid (the paper's) or tpe (Optuna; needs --trials)")
+    search.add_argument("--trials", type=int, help="complete trials wanted (tpe)")
+    search.add_argument("--alpha-grid", help="START:STOP:STEP or a list (default by budget)")
+    search.add_argument("--beta-grid", help="START:STOP:STEP or a list (default by budget)")
+    search.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it to run "
+                                          "several workers on one study")
+    search.add_argument("--study-name", help="Optuna study name (default from base, target, budget)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--out", required=True, help="output directory (search.json; search.db by default)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
+
+    study = commands.add_parser("study", help="compound vs depth/width/resolution-only scaling at matched MACs")
+    study.add_argument("--model", required=True, help="base (as for search)")
+    study.add_argument("--phi", type=float, help="compound-scale the base by phi first")
+    study.add_argument("--data", required=True, help="fashion-mnist, idx:DIR, folder:DIR or synthetic-series")
+    study.add_argument("--targets", default="2,4,8", help="FLOPs multiples of the base (default 2,4,8)")
+    study.add_argument("--seeds", type=int, default=1, help="seeds per model (spread is reported)")
+    study.add_argument("--budget", default="quick", help="tiny, short, quick or standard")
+    study.add_argument("--strategies", default="compound,depth,width,resolution")
+    study.add_argument("--alpha", type=float, help="compound rule (default EfficientNet's 1.2)")
+    study.add_argument("--beta", type=float, help="default 1.1")
+    study.add_argument("--gamma", type=float, help="default 1.15")
+    study.add_argument("--out", required=True, help="results.json(l), report.md, PNG plots")
+    study.add_argument("--json", action="store_true")
+    study.set_defaults(func=cmd_study)
+
+    demo = commands.add_parser("demo", help="search, family, comparison, latency pick, weights, report (minutes)")
+    demo.add_argument("--quick", action="store_true", help="smaller grid and budget (about 3 minutes on 2 cores)")
+    demo.add_argument("--out", help="output directory (default effscale-demo or effscale-demo-quick)")
+    demo.add_argument("--latency-ms", type=float, help="latency budget (default: 2x the base model's here)")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    profile = commands.add_parser("profile", help="measure this machine for latency prediction (device.json)")
+    profile.add_argument("--out", default="device.json", help="where to write the profile (default device.json)")
+    profile.add_argument("--threads", type=int, help="torch threads to measure with (default: torch's default)")
+    profile.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats (< 3 minutes)")
+    profile.add_argument("--show", metavar="PATH", help="validate and summarise a saved profile instead of measuring")
+    profile.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-sized, for the test suite
+    profile.add_argument("--json", action="store_true", help="print the profile JSON (no progress bar)")
+    profile.set_defaults(func=cmd_profile)
+
+    plan = commands.add_parser("plan", help="the most accurate model that fits latency / memory / energy budgets "
+                                            "on a profiled device")
+    plan.add_argument("--device", required=True, help="a profile from `effscale profile` (device.json)")
+    plan.add_argument("--latency-ms", type=float, help="latency budget per call (ms)")
+    plan.add_argument("--memory-mb", type=float, help="peak inference memory budget (MB, 10^6 bytes)")
+    plan.add_argument("--energy-mj", type=float, help="energy budget per call (mJ)")
+    plan.add_argument("--sustained", metavar="PRESET[,key=value...]",
+                      help="hold the latency budget after continuous inference under a thermal model: phone, "
+                           "laptop or a JSON file, with overrides (e.g. phone,power_w=3,duration_s=1800)")
+    plan.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    plan.add_argument("--free-coefficients", action="store_true",
+                      help="search any depth/width/resolution instead of compound scaling's phi")
+    plan.add_argument("--accuracy-from", metavar="RESULTS_JSON",
+                      help="a study's results.json: plan by expected top-1 fitted to its rows")
+    plan.add_argument("--base", default="efficientnet_b0", help="model name or spec file to scale (default B0)")
+    plan.add_argument("--method", choices=["lut", "affine", "roofline"], help="latency predictor (default: best)")
+    plan.add_argument("--no-verify", action="store_true", help="do not measure the chosen model")
+    plan.add_argument("--spec-out", metavar="FILE", help="write the chosen spec's text here (used by the train command)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

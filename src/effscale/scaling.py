@@ -151,7 +151,8 @@ class Scalable(Protocol):
     - ``scaled(coefficients, *, name=None, resolution_multiple=8)``: the spec scaled by
       (depth, width, resolution) with the family's rounding; pure, raises EffscaleError.
     - ``build(num_classes, in_chans)``: a fresh torch module for the spec.
-    - ``analytic_cost()``: an object with ``params`` and ``macs`` (batch 1, own resolution).
+    - ``analytic_cost(num_classes, in_chans)``: an object with ``params`` and ``macs`` (batch 1,
+      at the spec's own resolution, for a model built with those classes and input channels).
     - ``to_text()``: a text form that records the whole spec.
     """
 
@@ -164,6 +165,6 @@ class Scalable(Protocol):
 
     def build(self, num_classes: int, in_chans: int): ...
 
-    def analytic_cost(self): ...
+    def analytic_cost(self, num_classes: int = 1000, in_chans: int = 3): ...
 
     def to_text(self) -> str: ...

@@ -254,9 +254,9 @@ class NetworkSpec:
         from .nn.network import EfficientNet
         return EfficientNet(self, num_classes=num_classes, in_chans=in_chans)
 
-    def analytic_cost(self, batch: int = 1):
+    def analytic_cost(self, num_classes: int = 1000, in_chans: int = 3, batch: int = 1):
         from .cost import cost
-        return cost(self, batch=batch)
+        return cost(self, batch=batch, num_classes=num_classes, in_chans=in_chans)
 
     # -- text form ---------------------------------------------------------------------
     def to_text(self) -> str:

@@ -1,0 +1,143 @@
+"""`effscale demo`: the whole instrument on the bundled data, in minutes on a laptop CPU.
+
+1. search alpha, beta, gamma (target 2) around the lab's scaled-down B0, with the proxy recipe;
+2. the family phi = 0..3 under the found rule, trained briefly, and the same MACs reached by
+   depth-only, width-only and resolution-only scaling (a study at targets 2, 4, 8 = phi 1, 2, 3);
+3. the best of those models under a latency budget on this machine, checked by measurement;
+4. its weights, ready for `effscale predict` / `effscale eval`, and a report with the commands
+   that reproduce every number.
+Every step writes its results as it goes; running the demo again with the same --out resumes.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EffscaleError
+
+
+DATA = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    budget: str
+    alpha_grid: str
+    beta_grid: str
+    targets: tuple
+    seeds: int = 1
+
+
+FULL = DemoSettings(budget="quick", alpha_grid="1.0,1.2,1.4", beta_grid="1.0,1.1,1.2", targets=(2, 4, 8))
+QUICK = DemoSettings(budget="short", alpha_grid="1.0,1.4", beta_grid="1.0,1.2", targets=(2, 4))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pick_under_latency(rows: list[dict], latency_ms: float) -> dict:
+    """The family member (base or compound row) with the best top-1 among those whose measured
+    latency fits; a clear error naming the fastest one when none fits."""
+    family = sorted((r for r in rows if r["strategy"] in ("base", "compound") and r["seed"] == 0),
+                    key=lambda r: r["target"])
+    fitting = [r for r in family if r["latency_ms"] <= latency_ms]
+    if not fitting:
+        fastest = min(family, key=lambda r: r["latency_ms"])
+        raise EffscaleError(f"no family member fits {latency_ms:g} ms: the smallest model takes "
+                            f"{fastest['latency_ms']:.2f} ms here")
+    return max(fitting, key=lambda r: (r["top1"], -r["macs"]))
+
+
+def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: float | None = None,
+             progress: bool = True) -> dict:
+    from .coefficients import SearchConfig, rule_from, search
+    from .family import LAB_BASE
+    from .study import StudyConfig, measure_latency_ms, run_study
+
+    settings = QUICK if quick else FULL
+    out = Path(out or ("effscale-demo-quick" if quick else "effscale-demo"))
+    if latency_ms is not None and not latency_ms > 0:
+        raise EffscaleError(f"latency budget {latency_ms!r} ms must be > 0")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings = {}
+
+    _say(f"[1/4] searching alpha, beta, gamma around {LAB_BASE} on {DATA} (budget {settings.budget})")
+    step = time.perf_counter()
+    found = search(SearchConfig(model=LAB_BASE, data=DATA, out=str(out / "search"), target=2.0,
+                                budget=settings.budget, alpha_grid=settings.alpha_grid,
+                                beta_grid=settings.beta_grid, progress=progress))
+    rule = rule_from(found)
+    timings["search"] = time.perf_counter() - step
+    _say(f"      best: alpha={rule.alpha:g} beta={rule.beta:g} gamma={rule.gamma:.4g} "
+         f"(top-1 {found['top1']:.2f} % on minival)")
+
+    targets = ",".join(f"{t:g}" for t in settings.targets)
+    _say(f"[2/4] family phi=0..{len(settings.targets)} and single-dimension scaling at {targets}x MACs")
+    step = time.perf_counter()
+    study_command = _command("study", "--model", LAB_BASE, "--data", DATA, "--targets", targets,
+                             "--seeds", str(settings.seeds), "--budget", settings.budget, "--alpha", f"{rule.alpha:g}",
+                             "--beta", f"{rule.beta:g}", "--gamma", f"{rule.gamma:.6g}", "--out", str(out / "study"))
+    study = run_study(StudyConfig(model=LAB_BASE, data=DATA, out=str(out / "study"), targets=settings.targets,
+                                  seeds=settings.seeds, budget=settings.budget, rule=rule, progress=progress,
+                                  command=study_command, keep_weights=("base", "compound")))
+    timings["study"] = time.perf_counter() - step
+
+    _say("[3/4] best model under a latency budget on this machine")
+    step = time.perf_counter()
+    base_row = next(r for r in study["rows"] if r["strategy"] == "base")
+    budget_ms = latency_ms if latency_ms is not None else round(2.0 * base_row["latency_ms"], 3)
+    chosen = pick_under_latency(study["rows"], budget_ms)
+    from ..spec import NetworkSpec
+    from .task import load_task
+
+    spec = NetworkSpec.from_text(chosen["spec"])
+    remeasured = measure_latency_ms(spec, load_task(DATA))
+    fits = remeasured <= budget_ms
+    timings["plan"] = time.perf_counter() - step
+    _say(f"      {spec.name}: {chosen['macs'] / 1e6:.2f} M MACs, {chosen['latency_ms']:.2f} ms "
+         f"(re-measured {remeasured:.2f} ms; budget {budget_ms:g} ms), top-1 {chosen['top1']:.2f} %")
+
+    _say("[4/4] weights and report")
+    weights = Path(chosen["weights"])
+    final = out / "model.safetensors"
+    final.write_bytes(weights.read_bytes())
+    (out / "model_spec.txt").write_text(chosen["spec"] + "\n")
+    timings["total"] = time.perf_counter() - started
+    result = {
+        "out": str(out), "quick": quick, "settings": settings.__dict__, "rule": {"alpha": rule.alpha,
+                                                                               "beta": rule.beta, "gamma": rule.gamma},
+        "search": found, "study": {k: study[k] for k in ("rows", "summary", "budget", "targets", "seeds")},
+        "latency_budget_ms": budget_ms, "chosen": {**{k: chosen[k] for k in ("strategy", "target", "macs", "params",
+                                                                             "top1", "latency_ms", "resolution")},
+                                                   "remeasured_ms": remeasured, "fits": fits, "name": spec.name},
+        "weights": str(final), "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "commands": {
+            "search": _command("search", "--model", LAB_BASE, "--data", DATA, "--target", "2", "--budget",
+                               settings.budget, "--alpha-grid", settings.alpha_grid, "--beta-grid",
+                               settings.beta_grid, "--out", str(out / "search")),
+            "study": study_command,
+            "demo": _command("demo", *(["--quick"] if quick else []), "--out", str(out),
+                             *(["--latency-ms", f"{latency_ms:g}"] if latency_ms is not None else [])),
+            "eval": _command("eval", str(final), "--data", DATA),
+            "train_longer": _command("train", "--model", str(out / "model_spec.txt"), "--data", DATA,
+                                     "--out", str(out / "trained")),
+        },
+    }
+    (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    from ..report import write_demo_report
+
+    result["report"] = str(write_demo_report(result, out, study_dir=out / "study"))
+    _say(f"done in {timings['total']:.0f} s: {result['report']}")
+    return result
+
+
+def _command(*args: str) -> str:
+    return "effscale " + " ".join(shlex.quote(a) for a in args)
+
+

@@ -1,0 +1,187 @@
+"""Compound versus single-dimension scaling, measured on your base and data.
+
+For each target t (a FLOPs multiple of the base), the base is scaled four ways to the same
+MACs (within the rounding the strategy allows; `strategies.match`): compound (the rule at the
+phi that gives t), depth only, width only, resolution only. Every model, and the base itself,
+is trained with the same proxy budget and seeds, evaluated on the test split, and timed on this
+machine (batch 1, median of repeats). Rows are appended to results.jsonl as they finish, so an
+interrupted study keeps its rows and a re-run with the same settings resumes.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import EffscaleError
+from ..scaling import ScalingRule
+from .family import fit_to_task, resolve_base
+from .proxy import get_budget, train_proxy
+from .strategies import STRATEGIES, check_targets, match
+from .task import load_task
+
+ROW_KEYS = ("strategy", "target", "macs", "macs_ratio", "params", "top1", "seed", "latency_ms")
+
+
+@dataclass
+class StudyConfig:
+    model: str | None
+    data: str
+    out: str
+    targets: tuple = (2, 4, 8)
+    seeds: int = 1
+    phi: float | None = None
+    budget: str = "quick"
+    rule: ScalingRule = field(default_factory=ScalingRule)
+    strategies: tuple = STRATEGIES
+    progress: bool = True
+    base: object = field(default=None, repr=False)  # a Scalable, instead of `model`
+    command: str = ""
+    keep_weights: tuple = ()  # strategies whose seed-0 models are saved to out/models (image models)
+
+
+def measure_latency_ms(spec, task, repeats: int | None = None) -> float:
+    """Median ms of one batch-1 inference of `spec`, built for inference (BN folded, channels_last
+    for image models), under torch.inference_mode() with torch's current thread count."""
+    from ..hardware.runtime import time_call
+
+    model = spec.build(task.num_classes, task.in_chans).eval()
+    if task.kind == "image":
+        from ..nn import prepare_for_inference
+
+        model = prepare_for_inference(model, channels_last=True)
+    raw = task.test[0][:1]
+    x = task.inputs(raw, spec.resolution, False)
+    with torch.inference_mode():
+        return round(time_call(lambda: model(x), warmup=3, repeats=repeats, budget_s=0.5).median_ms, 4)
+
+
+class _Rows:
+    """results.jsonl: one JSON row per trained model, appended as it finishes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+            if path.exists() else []
+
+    def has(self, strategy: str, target: float, seed: int) -> bool:
+        return any(r["strategy"] == strategy and r["target"] == target and r["seed"] == seed for r in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def plan_runs(config: StudyConfig, base, task) -> list[dict]:
+    """Every (strategy, target, spec) to train, matched before any training starts."""
+    targets = check_targets(config.targets)
+    unknown = [s for s in config.strategies if s not in STRATEGIES]
+    if unknown:
+        raise EffscaleError(f"strategy {unknown[0]!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+    runs = [{"strategy": "base", "target": 1.0, "spec": base, "macs_ratio": 1.0, "knob": None}]
+    for target in targets:
+        for strategy in config.strategies:
+            m = match(base, strategy, target, rule=config.rule, num_classes=task.num_classes, in_chans=task.in_chans)
+            runs.append({"strategy": strategy, "target": target, "spec": m.spec, "macs_ratio": m.macs_ratio,
+                         "knob": m.knob, "matched": m.matched})
+    return runs
+
+
+def run_study(config: StudyConfig) -> dict:
+    """Train every run of the study for every seed; writes results.json, report.md and plots."""
+    if not isinstance(config.seeds, int) or isinstance(config.seeds, bool) or config.seeds < 1:
+        raise EffscaleError(f"seeds={config.seeds!r} must be an integer >= 1")
+    budget = get_budget(config.budget)
+    base = resolve_base(config.base if config.base is not None else config.model, config.phi)
+    task = load_task(config.data)
+    task.check_spec(base)
+    base = fit_to_task(base, task)
+    runs = plan_runs(config, base, task)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = {"base": base.to_text(), "data": config.data, "budget": budget.to_dict(),
+                   "rule": [config.rule.alpha, config.rule.beta, config.rule.gamma]}
+    fingerprint_path = out / "study_config.json"
+    if fingerprint_path.exists() and json.loads(fingerprint_path.read_text()) != fingerprint:
+        raise EffscaleError(f"{out} holds a study with other settings (base, data, budget or rule); "
+                            "resume it with the same arguments or use another --out")
+    fingerprint_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    rows = _Rows(out / "results.jsonl")
+    latency: dict[str, float] = {}
+    from .coefficients import _Progress
+
+    jobs = [(run, seed) for run in runs for seed in range(config.seeds)]
+    with _Progress(config.progress, len(jobs)) as progress:
+        for done, (run, seed) in enumerate(jobs):
+            progress.update(done)
+            if rows.has(run["strategy"], run["target"], seed):
+                continue
+            spec = run["spec"]
+            result, model = train_proxy(spec, task, budget, seed=seed, split="test", return_model=True)
+            weights = None
+            if seed == 0 and run["strategy"] in config.keep_weights and task.kind == "image":
+                weights = _save_model(model, task, out / "models" / f"{run['strategy']}-{run['target']:g}x.safetensors")
+            text = spec.to_text()
+            if text not in latency:
+                latency[text] = measure_latency_ms(spec, task)
+            rows.add({"strategy": run["strategy"], "target": run["target"], "macs": result.macs,
+                      "macs_ratio": run["macs_ratio"], "params": result.params, "top1": result.top1, "seed": seed,
+                      "latency_ms": latency[text], "matched": run.get("matched", True), "knob": run["knob"],
+                      "resolution": spec.resolution, "seconds": result.seconds, "spec": text,
+                      "weights": weights})
+        progress.update(len(jobs))
+    summary = summarise(rows.rows)
+    result = {"base": base.name, "base_spec": base.to_text(), "data": config.data, "budget": budget.to_dict(),
+              "rule": {"alpha": config.rule.alpha, "beta": config.rule.beta, "gamma": config.rule.gamma},
+              "seeds": config.seeds, "targets": [float(t) for t in check_targets(config.targets)],
+              "command": config.command, "rows": rows.rows, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    from ..report import write_study_report
+
+    result["report"] = str(write_study_report(result, out))
+    return result
+
+
+def _save_model(model, task, path: Path) -> str:
+    from ..weights import save_weights
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, path, extra_metadata={"classes": list(task.classes), "data": task.name})
+    return str(path)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (strategy, target): mean, spread (min..max, stdev) of top-1 over seeds, MACs, latency."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["strategy"], row["target"]), []).append(row)
+    summary = []
+    for (strategy, target), members in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        top1 = [r["top1"] for r in members]
+        summary.append({
+            "strategy": strategy, "target": target, "seeds": len(members), "macs": members[0]["macs"],
+            "macs_ratio": members[0]["macs_ratio"], "params": members[0]["params"],
+            "matched": members[0].get("matched", True), "latency_ms": members[0]["latency_ms"],
+            "top1_mean": round(statistics.fmean(top1), 3), "top1_min": min(top1), "top1_max": max(top1),
+            "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else 0.0})
+    return summary
+
+
+def compound_margins(summary: list[dict]) -> list[dict]:
+    """Per target: compound's mean top-1 minus the best single-dimension strategy's."""
+    margins = []
+    for target in sorted({s["target"] for s in summary if s["strategy"] != "base"}):
+        at = {s["strategy"]: s for s in summary if s["target"] == target}
+        singles = [s for name, s in at.items() if name not in ("compound", "base")]
+        if "compound" not in at or not singles:
+            continue
+        best = max(singles, key=lambda s: s["top1_mean"])
+        margins.append({"target": target, "compound": at["compound"]["top1_mean"], "best_single": best["strategy"],
+                        "best_single_top1": best["top1_mean"],
+                        "margin": round(at["compound"]["top1_mean"] - best["top1_mean"], 3),
+                        "spread": max(at["compound"]["top1_std"], best["top1_std"])})
+    return margins
