@@ -1,0 +1,203 @@
+"""The 1-D time-series MBConv family: a second `scaling.Scalable` family for the scaling lab.
+
+Compound scaling is not tied to images: here "resolution" is the sequence length (samples
+per example, i.e. the sampling rate of a fixed window), depth the repeats per stage and width
+the channels. A `SeriesSpec` is the image `NetworkSpec`'s 1-D twin: a stride-2 stem conv,
+stages of 1-D MBConv blocks (1x1 expand, depthwise k, squeeze-excite, 1x1 project, residual
+with linear drop-path), a 1x1 head conv, global average pooling, dropout and a classifier.
+Stage rows are image `StageSpec` rows restricted to "mbconv", and `blocks()` expands them into
+the same `BlockSpec` rows the image family uses, which both `nn.SeriesNet` and
+`cost.series_cost` walk, so module and cost cannot drift apart.
+
+Text form (`to_text` / `from_text`, exact round trip), one header line and one line per stage:
+
+    series series_b0 len=128 stem=16 stem_k=5 head=128 act=swish dropout=0.1 ...
+    mbconv r1 k3 s1 e1 c16 se0.25
+    ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..errors import EffscaleError, closest
+from ..scaling import RESOLUTION_MULTIPLE, Coefficients, round_channels, round_repeats, round_resolution
+from ..spec import ACTIVATIONS, NetworkSpec, StageSpec, _check, _fmt_num
+
+MIN_LENGTH = 16
+# Matches len(data.CLASS_NAMES), the synthetic-series task (tests/test_series.py checks it);
+# spec.py stays free of torch, so the number is not imported from data.py.
+DEFAULT_NUM_CLASSES = 8
+
+
+@dataclass(frozen=True)
+class SeriesStage(StageSpec):
+    """A stage row of the series family: an image `StageSpec` whose blocks are 1-D MBConv."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.block == "mbconv", f"block type {self.block!r} is not available for series; allowed: mbconv")
+
+
+def _in_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = True):
+    """`value` must be a number in the interval; the message writes the interval out."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    _check(ok, f"{name}={value!r} must be in {interval}")
+
+
+# header key -> (field, parser); the order is the order `to_text` writes them in.
+_HEADER_KEYS = {
+    "len": ("resolution", int), "stem": ("stem_channels", int), "stem_k": ("stem_kernel", int),
+    "head": ("head_channels", int), "act": ("activation", str), "dropout": ("dropout", float),
+    "drop_path": ("drop_path_rate", float), "bn_eps": ("bn_eps", float),
+    "bn_momentum": ("bn_momentum", float), "divisor": ("divisor", int),
+}
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """A 1-D MBConv network for sequences of `resolution` samples (see the module docstring)."""
+
+    name: str
+    stages: tuple[SeriesStage, ...]
+    stem_channels: int = 16
+    stem_kernel: int = 5
+    head_channels: int = 96
+    resolution: int = 128  # sequence length
+    activation: str = "swish"
+    dropout: float = 0.1
+    drop_path_rate: float = 0.05
+    bn_eps: float = 1e-3
+    # PyTorch's default: proxy trainings are a few hundred steps, too few for 0.01 to settle.
+    bn_momentum: float = 0.1
+    divisor: int = 8
+
+    kind: ClassVar[str] = "series"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and bool(self.name) and not any(c.isspace() for c in self.name),
+               f"name={self.name!r} must be non-empty and contain no spaces")
+        object.__setattr__(self, "stages", tuple(self.stages))
+        _check(len(self.stages) >= 1, "a series network needs at least one stage")
+        _check(all(isinstance(s, SeriesStage) for s in self.stages), "stages must be SeriesStage rows")
+        for key in ("stem_channels", "head_channels", "divisor"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{key}={value!r} must be an integer >= 1")
+        _check(isinstance(self.stem_kernel, int) and self.stem_kernel >= 1 and self.stem_kernel % 2 == 1,
+               f"stem_kernel={self.stem_kernel!r} must be an odd integer >= 1")
+        _check(isinstance(self.resolution, int) and not isinstance(self.resolution, bool)
+               and self.resolution >= MIN_LENGTH,
+               f"resolution (sequence length)={self.resolution!r} must be an integer >= {MIN_LENGTH}")
+        _check(self.activation in ACTIVATIONS,
+               f"activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+        _in_range("dropout", self.dropout, 0, 1)
+        _in_range("drop_path_rate", self.drop_path_rate, 0, 1)
+        _in_range("bn_eps", self.bn_eps, 0, 1, low_open=True)
+        _in_range("bn_momentum", self.bn_momentum, 0, 1, low_open=True, high_open=False)
+
+    # -- derived structure: the image family's, reused (they read only fields both share) --
+    num_blocks = NetworkSpec.num_blocks
+    blocks = NetworkSpec.blocks  # stem width in, linear drop-path over all blocks
+    stride = NetworkSpec.stride  # total down-sampling along time (16 for series_b0)
+    out_channels = NetworkSpec.out_channels  # the head's input
+    replace = NetworkSpec.replace  # unknown field names are an error naming the allowed ones
+
+    @property
+    def length(self) -> int:
+        """The sequence length (the family's resolution)."""
+        return self.resolution
+
+    # -- the scaling-lab protocol (scaling.Scalable) ------------------------------------
+    def scaled(self, coefficients: Coefficients, *, name: str | None = None,
+               resolution_multiple: int = RESOLUTION_MULTIPLE) -> "SeriesSpec":
+        """Depth by ceil of repeats, widths by `make_divisible`, length to a multiple of
+        `resolution_multiple` (1 for the finest steps at short lengths); never below one channel or
+        `MIN_LENGTH` samples."""
+        if not isinstance(coefficients, Coefficients):
+            raise EffscaleError(f"coefficients must be a Coefficients(depth, width, resolution), "
+                                f"got {type(coefficients).__name__}")
+        width, depth = coefficients.width, coefficients.depth
+        narrowest = min([self.stem_channels, self.head_channels] + [s.out_channels for s in self.stages])
+        if narrowest * width < 1:
+            raise EffscaleError(f"width multiplier {width:.4g} leaves a layer of {self.name} with "
+                                f"{narrowest * width:.3g} channels (< 1); the width multiplier must be "
+                                f">= {1 / narrowest:.4g}")
+        length = round_resolution(self.resolution, coefficients.resolution, resolution_multiple)
+        if length < MIN_LENGTH:
+            raise EffscaleError(
+                f"length multiplier {coefficients.resolution:.4g} takes {self.name}'s {self.resolution} samples "
+                f"to {self.resolution * coefficients.resolution:.1f}; the minimum is {MIN_LENGTH} samples "
+                f"(multiplier >= {MIN_LENGTH / self.resolution:.4g})")
+        stages = tuple(dataclasses.replace(
+            stage, repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
+            out_channels=round_channels(stage.out_channels, width, self.divisor)) for stage in self.stages)
+        return self.replace(
+            name=self.name if name is None else name, stages=stages, resolution=length,
+            stem_channels=round_channels(self.stem_channels, width, self.divisor),
+            head_channels=round_channels(self.head_channels, width, self.divisor))
+
+    def build(self, num_classes: int = DEFAULT_NUM_CLASSES, in_chans: int = 1):
+        from .nn import SeriesNet
+        return SeriesNet(self, num_classes=num_classes, in_chans=in_chans)
+
+    def analytic_cost(self, batch: int = 1, *, num_classes: int = DEFAULT_NUM_CLASSES, in_chans: int = 1):
+        from .cost import series_cost
+        return series_cost(self, batch, num_classes=num_classes, in_chans=in_chans)
+
+    # -- text form ---------------------------------------------------------------------
+    def to_text(self) -> str:
+        values = [getattr(self, field_name) for field_name, _ in _HEADER_KEYS.values()]
+        header = ["series", self.name] + [f"{key}={value if isinstance(value, str) else _fmt_num(value)}"
+                                          for key, value in zip(_HEADER_KEYS, values)]
+        return "\n".join([" ".join(header)] + [stage.to_text() for stage in self.stages])
+
+    @classmethod
+    def from_text(cls, text: str) -> "SeriesSpec":
+        lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+        header = lines[0].split() if lines else []
+        _check(len(header) >= 2 and header[0] == "series",
+               "series spec text must start with a 'series NAME key=value ...' line")
+        values: dict = {"name": header[1]}
+        for token in header[2:]:
+            key, sep, raw = token.partition("=")
+            _check(bool(sep) and key in _HEADER_KEYS,
+                   f"series header token {token!r} is unknown; allowed keys: {', '.join(_HEADER_KEYS)}")
+            field_name, parse = _HEADER_KEYS[key]
+            try:
+                values[field_name] = parse(raw)
+            except ValueError:
+                raise EffscaleError(f"series header token {token!r}: {raw!r} is not a valid value") from None
+        values["stages"] = tuple(SeriesStage.from_text(line) for line in lines[1:])
+        return cls(**values)
+
+
+# series_b0: 67 K parameters, 0.7 M MACs at 128 samples (8 classes, 1 channel), total stride 16
+# (8 steps reach the head at the base length). Kernels are wider than the image B0's early on:
+# along time a block needs a larger receptive field to see a period of the slower signals.
+SERIES_B0 = SeriesSpec(name="series_b0", head_channels=96, stages=(
+    SeriesStage("mbconv", 1, 5, 1, 1, 16, 0.25),
+    SeriesStage("mbconv", 2, 5, 2, 4, 16, 0.25),
+    SeriesStage("mbconv", 2, 5, 2, 4, 24, 0.25),
+    SeriesStage("mbconv", 2, 3, 2, 4, 40, 0.25),
+    SeriesStage("mbconv", 1, 3, 1, 4, 48, 0.25),
+))
+
+_SERIES_FAMILY = {spec.name: spec for spec in (SERIES_B0,)}
+
+
+def list_series_models() -> list[str]:
+    return list(_SERIES_FAMILY)
+
+
+def get_series_spec(name: str, **overrides) -> SeriesSpec:
+    """The named series spec, with any field overridden (e.g. resolution=256)."""
+    if name not in _SERIES_FAMILY:
+        raise EffscaleError(f"unknown series model {name!r}{closest(str(name), _SERIES_FAMILY)}; "
+                            f"allowed: {', '.join(_SERIES_FAMILY)}")
+    spec = _SERIES_FAMILY[name]
+    return spec.replace(**overrides) if overrides else spec
