@@ -20,7 +20,7 @@ test: setup
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(REF_PATH) $(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/effscale models
+	$(BIN)/effscale demo
 
 bench: setup
 	PYTHONPATH=$(REF_PATH) $(BIN)/python benchmarks/inference.py
