@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine_info import cpu_description, usable_cpus
 
 import effscale
-from effscale.hardware import DEFAULT_METHOD, METHODS, load_profile, prepare, run_profile
+from effscale.hardware import DEFAULT_METHOD, METHODS, load_profile, machine_description, prepare, run_profile
 from effscale.hardware.microbench import measure_in_passes
 from effscale.hardware.runtime import example_input
 
@@ -178,9 +177,7 @@ def main(argv=None) -> int:
                      "measured_ms": m.median_ms, "p25_ms": m.p25_ms, "p75_ms": m.p75_ms, "repeats": len(m.samples),
                      "predicted_ms": {method: profile.predict_latency(spec, method=method) for method in METHODS}})
     summary = summarize(rows)
-    cpu, flags = cpu_description()
-    info = {"cpu": cpu, "cpu_flags": flags, "usable_cpus": usable_cpus(), "torch": torch.__version__,
-            "effscale": effscale.__version__, "profile_source": source, "seed": args.seed,
+    info = {**machine_description(), "effscale": effscale.__version__, "profile_source": source, "seed": args.seed,
             "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(), "wall_s": time.perf_counter() - start,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "passes": passes, "budget_s": budget}
     report = markdown(info, profile, summary, rows)

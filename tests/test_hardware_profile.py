@@ -3,6 +3,7 @@ synthetic profiles whose timings follow a known law, prepare / measure_latency, 
 profile and the `effscale profile` command."""
 import json
 import math
+import time
 import warnings
 
 import pytest
@@ -14,7 +15,7 @@ from effscale.cli import main
 from effscale.hardware import (DeviceProfile, ProfileMismatchWarning, load_profile, machine_description,
                                measure_latency, network_units, prepare, run_profile)
 from effscale.hardware.latency import LayerTable, fit_affine, fit_calibration, fit_nonnegative
-from effscale.hardware.microbench import Plan, grid_units
+from effscale.hardware.microbench import InContextTimer, Plan, grid_units, pool_units, shape_key
 from effscale.nn.inference import InplaceSqueezeExcite
 
 B0 = effscale.get_spec("efficientnet_b0")
@@ -36,8 +37,8 @@ MEMBERS = [scaled(0.5, 96), scaled(0.75, 128, 0.8), scaled(1.0, 160), scaled(1.2
 
 
 def synthetic_profile(unit_time=law, member_time=None, **overrides) -> DeviceProfile:
-    plan = Plan(widths=(0.5, 1.0, 1.5), resolutions=(96, 160, 224), members=(), unit_budget_s=0,
-                member_budget_s=0, passes=1, matmul_size=0, conv_size=(0, 0), bandwidth_mib=0)
+    plan = Plan(widths=(0.5, 1.0, 1.5), resolutions=(96, 160, 224), members=(), grid_budget_s=0,
+                member_budget_s=0, peak_budget_s=0, passes=1, matmul_size=0, conv_size=(0, 0), bandwidth_mib=0)
     layers = [{**u.to_dict(), "median_ms": unit_time(u)} for u in grid_units(plan, "fp32")]
     if member_time is None:
         def member_time(spec):
@@ -97,8 +98,8 @@ def test_lut_returns_measurements_on_measured_shapes_and_interpolates_between():
         return law(unit) * (1.5 if unit.in_channels % 16 else 0.8)
 
     table = LayerTable.fit(synthetic_profile(unit_time=bumpy).layers)
-    units = grid_units(Plan(widths=(0.5, 1.0, 1.5), resolutions=(96, 160, 224), members=(), unit_budget_s=0,
-                            member_budget_s=0, passes=1, matmul_size=0, conv_size=(0, 0), bandwidth_mib=0), "fp32")
+    units = grid_units(Plan(widths=(0.5, 1.0, 1.5), resolutions=(96, 160, 224), members=(), grid_budget_s=0,
+                            member_budget_s=0, peak_budget_s=0, passes=1, matmul_size=0, conv_size=(0, 0), bandwidth_mib=0), "fp32")
     for unit in units[::7]:
         assert table.predict_unit(unit) == pytest.approx(bumpy(unit), rel=1e-9)
     # Between two measured resolutions of one layer the prediction lies between their times.
@@ -301,6 +302,23 @@ def test_run_profile_tiny_is_real_and_loadable(tmp_path):
         run_profile(precision="fp16", progress=False, _tiny=True)
     with pytest.raises(EffscaleError, match="threads=0"):
         run_profile(threads=0, progress=False, _tiny=True)
+
+
+def test_in_context_timer_times_every_unit_inside_the_network():
+    timer = InContextTimer(TINY, synthetic_profile())
+    assert [u.kind for u in timer.units] == [u.kind for u in network_units(TINY)]
+    with torch.inference_mode():
+        timer()  # warm-up: not committed
+        start = time.perf_counter()
+        timer()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    timer.commit()
+    assert all(len(s) == 1 and s[0] > 0 for s in timer.samples)
+    assert sum(s[0] for s in timer.samples) < wall_ms  # nested parts (residual = block - children) not double-counted
+    pooled = pool_units([timer, timer])
+    assert len(pooled) == len({shape_key(u) for u in timer.units}) < len(timer.units)
+    repeated = next(m for u, m in pooled if u.kind == "residual")
+    assert len(repeated.samples) >= 2  # every occurrence of a shape, in both timers
 
 
 def test_cli_profile_json_and_show(tmp_path, capsys):

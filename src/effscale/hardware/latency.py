@@ -14,7 +14,7 @@ modules the network uses (microbench.py).
 **(b) "lut".** Per kind, a non-negative linear model t = c0 + c1 * MACs + c2 * bytes fitted to
 the measured units (relative error; fixed call overhead, compute and memory traffic), times a
 correction interpolated from the measured shapes nearest the query in log space (log2 of
-input channels, output channels, pixels and batch; inverse-distance weights over the 4
+input channels, output channels, pixels and batch; inverse-distance weights over the 8
 nearest; a factor of 2 in every dimension is a distance of 1): on a measured shape the table
 returns the measurement, between shapes it interpolates the measured/model ratio (Once-for-All
 looks up exact block shapes, nn-Meter fits a per-kernel model; this does both), and far from
@@ -48,7 +48,7 @@ from ..errors import EffscaleError, closest
 
 METHODS = ("lut", "affine", "roofline")
 DEFAULT_METHOD = "lut"
-NEIGHBOURS = 4
+NEIGHBOURS = 8
 # Distance (log2 units) at which the measured/model correction has faded to exp(-1/2) of itself.
 CORRECTION_REACH = 3.0
 
@@ -200,22 +200,33 @@ class LayerTable:
         return coef, np.zeros((0, 4)), np.zeros(0)
 
     def predict_unit(self, unit: Unit) -> float:
-        coef, coordinates, log_ratios = self._model_for(unit.kind)
-        model = max(float(np.dot(unit.features, coef)), 1e-9)
-        if not len(log_ratios):
-            return model
-        distances = np.linalg.norm(coordinates - np.array(unit.coordinates), axis=1)
-        nearest = np.argsort(distances, kind="stable")[:NEIGHBOURS]
-        if distances[nearest[0]] < 1e-9:  # a measured shape: the measurement(s) at it
-            exact = distances < 1e-9
-            return model * math.exp(float(np.mean(log_ratios[exact])))
-        weights = 1.0 / distances[nearest] ** 2
-        correction = float(np.dot(weights, log_ratios[nearest]) / weights.sum())
-        fade = math.exp(-0.5 * (distances[nearest[0]] / CORRECTION_REACH) ** 2)
-        return model * math.exp(correction * fade)
+        return float(self._predict_kind(unit.kind, [unit])[0])
 
     def predict_units(self, units: list[Unit]) -> float:
-        return sum(self.predict_unit(u) for u in units)
+        """Sum of the predicted unit times (ms), each kind's units predicted in one batch."""
+        by_kind: dict[str, list[Unit]] = {}
+        for unit in units:
+            by_kind.setdefault(unit.kind, []).append(unit)
+        return float(sum(self._predict_kind(kind, group).sum() for kind, group in by_kind.items()))
+
+    def _predict_kind(self, kind: str, units: list[Unit]) -> np.ndarray:
+        coef, coordinates, log_ratios = self._model_for(kind)
+        model = np.maximum(np.array([u.features for u in units]) @ coef, 1e-9)
+        if not len(log_ratios):
+            return model
+        query = np.array([u.coordinates for u in units])
+        distances = np.linalg.norm(query[:, None, :] - coordinates[None, :, :], axis=2)  # units x measured
+        nearest = np.argsort(distances, axis=1, kind="stable")[:, :NEIGHBOURS]
+        near = np.take_along_axis(distances, nearest, axis=1)
+        exact = distances < 1e-9
+        weights = 1.0 / np.maximum(near, 1e-9) ** 2
+        correction = (weights * log_ratios[nearest]).sum(axis=1) / weights.sum(axis=1)
+        correction *= np.exp(-0.5 * (near[:, 0] / CORRECTION_REACH) ** 2)
+        # On a measured shape: the measurement(s) there, not a blend with the neighbours.
+        on_grid = exact.any(axis=1)
+        if on_grid.any():
+            correction[on_grid] = (exact[on_grid] * log_ratios).sum(axis=1) / exact[on_grid].sum(axis=1)
+        return model * np.exp(correction)
 
 
 def _row_unit(row: dict) -> Unit:
@@ -281,4 +292,4 @@ def predict(profile, spec, *, batch: int = 1, method: str | None = None) -> floa
         return affine["slope_ms"] * cost(spec, batch=batch).macs / affine["base_macs"] + affine["intercept_ms"]
     units = network_units(spec, batch=batch, precision=profile.precision)
     calibration = profile.calibration
-    return calibration["scale"] * profile._lut.predict_units(units) + calibration["overhead_ms"]
+    return calibration["scale"] * profile.layer_table.predict_units(units) + calibration["overhead_ms"]

@@ -2,23 +2,29 @@
 
 1. Peaks: FLOP/s of a large matmul and a dense 3x3 conv, bytes/s of a large copy and add
    (the best of each pair; the roofline's two slopes).
-2. Units (latency.py): every distinct unit of B0 scaled over a grid of widths and
-   resolutions, which brackets the family from scaled-down (phi ~ -2) to B4 size and beyond.
-   Depth adds no new shapes (repeated blocks are identical), so the grid has no depth axis.
-   Each unit is built from the very modules the network uses (`ConvNormAct`, `SqueezeExcite`),
-   prepared as `prepare_for_inference` prepares them, and timed under inference_mode.
-3. Members: whole networks (scaled-down, B0, B1, B2, and B3 in the full profile), timed with
-   `measure_latency`, to fit the affine model and the lookup table's calibration.
+2. Units (latency.py): every unit of B0 scaled over a grid of widths and resolutions, which
+   brackets the family from scaled-down (phi ~ -2) to B4 size and beyond. Depth adds no new
+   shapes (repeated blocks are identical), so the grid has no depth axis. Units are timed
+   *in context*: each grid network runs prepared, as a prediction assumes, with forward
+   hooks reading the clock around every unit (`InContextTimer`). A layer timed alone finds
+   its weights and input hot in cache and the allocator warmed up for its sizes; inside the
+   network neither holds, and B0's layers timed alone summed to ~0.8x its measured latency,
+   by a factor that differs between kinds. Timed in place, the units add up to the network.
+   A hook costs ~1 us, small against the 10 us-10 ms units.
+3. Members: whole networks (scaled-down, B0, B1, B2, B3; B4 in the full profile), timed as
+   `measure_latency` times them, without hooks, to fit the affine model and the lookup
+   table's calibration.
 
-Timings are medians of repeats after warm-up. Each list of things to time is measured in
-`passes` shuffled passes whose samples are pooled, so that a burst of load from another
-process inflates a few samples of many things instead of every sample of a few.
+Timings are medians of repeats after warm-up. Grid networks and members are measured in
+`passes` interleaved, shuffled passes whose samples are pooled, so that a burst of load from
+another process inflates a few samples of many things instead of every sample of a few.
 """
 from __future__ import annotations
 
 import datetime
 import gc
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +42,9 @@ class Plan:
     widths: tuple[float, ...]
     resolutions: tuple[int, ...]
     members: tuple[tuple[str, float, float, int], ...]  # (name, width, depth, resolution) scaling B0
-    unit_budget_s: float
-    member_budget_s: float
+    grid_budget_s: float  # seconds of timed calls per grid network
+    member_budget_s: float  # ... per member
+    peak_budget_s: float  # ... per peak micro-benchmark
     passes: int
     matmul_size: int
     conv_size: tuple[int, int]  # channels, side
@@ -45,23 +52,19 @@ class Plan:
     min_repeats: int = 5
 
 
+_MEMBERS = (("b0-phi-2", 0.83, 0.69, 168), ("b0-phi-1", 0.91, 0.83, 192), ("efficientnet_b0", 1.0, 1.0, 224),
+            ("efficientnet_b1", 1.0, 1.1, 240), ("efficientnet_b2", 1.1, 1.2, 260),
+            ("efficientnet_b3", 1.2, 1.4, 300), ("efficientnet_b4", 1.4, 1.8, 380))
 PLANS = {
-    "full": Plan(widths=(0.5, 0.7, 1.0, 1.4, 2.0), resolutions=(128, 176, 240, 320, 448),
-                 members=(("b0-phi-2", 0.83, 0.69, 168), ("b0-phi-1", 0.91, 0.83, 192),
-                          ("efficientnet_b0", 1.0, 1.0, 224), ("efficientnet_b1", 1.0, 1.1, 240),
-                          ("efficientnet_b2", 1.1, 1.2, 260), ("efficientnet_b3", 1.2, 1.4, 300)),
-                 unit_budget_s=0.15, member_budget_s=6.0, passes=4, matmul_size=2048, conv_size=(256, 56),
-                 bandwidth_mib=256),
-    "quick": Plan(widths=(0.5, 1.0, 2.0), resolutions=(128, 224, 448),
-                  members=(("b0-phi-2", 0.83, 0.69, 168), ("b0-phi-1", 0.91, 0.83, 192),
-                           ("efficientnet_b0", 1.0, 1.0, 224), ("efficientnet_b1", 1.0, 1.1, 240),
-                           ("efficientnet_b2", 1.1, 1.2, 260)),
-                  unit_budget_s=0.06, member_budget_s=3.0, passes=3, matmul_size=1024, conv_size=(128, 56),
-                  bandwidth_mib=64),
+    "full": Plan(widths=(0.5, 0.65, 0.8, 1.0, 1.25, 1.6, 2.0), resolutions=(128, 160, 192, 224, 272, 320, 384, 448),
+                 members=_MEMBERS, grid_budget_s=3.5, member_budget_s=8.0, peak_budget_s=0.5, passes=4, matmul_size=2048,
+                 conv_size=(256, 56), bandwidth_mib=256),
+    "quick": Plan(widths=(0.5, 0.75, 1.0, 1.4, 2.0), resolutions=(128, 176, 224, 320, 448),
+                  members=_MEMBERS[:-1], grid_budget_s=1.5, member_budget_s=3.5, peak_budget_s=0.3, passes=3, matmul_size=1024,
+                  conv_size=(128, 56), bandwidth_mib=64),
     # For tests: test-sized shapes, seconds in all; the result is a valid but meaningless profile.
-    "tiny": Plan(widths=(0.25,), resolutions=(32,),
-                 members=(("tiny-a", 0.25, 0.5, 32), ("tiny-b", 0.25, 0.5, 48)),
-                 unit_budget_s=0.001, member_budget_s=0.005, passes=1, matmul_size=64, conv_size=(8, 8),
+    "tiny": Plan(widths=(0.25,), resolutions=(32, 48), members=(("tiny-a", 0.25, 0.5, 32), ("tiny-b", 0.25, 0.5, 48)),
+                 grid_budget_s=0.005, member_budget_s=0.005, peak_budget_s=0.003, passes=1, matmul_size=64, conv_size=(8, 8),
                  bandwidth_mib=1, min_repeats=2),
 }
 
@@ -75,7 +78,7 @@ def peak_flops(precision: str, plan: Plan) -> float:
     """FLOP/s: the best of a square matmul and a dense 3x3 conv (channels_last), medians of repeats."""
     dtype, n = _dtype(precision), plan.matmul_size
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    budget = dict(budget_s=plan.unit_budget_s * 3, min_repeats=plan.min_repeats)
+    budget = dict(budget_s=plan.peak_budget_s, min_repeats=plan.min_repeats)
     with torch.inference_mode():
         matmul = 2 * n ** 3 / (time_call(lambda: a @ b, **budget).median_ms / 1e3)
         channels, side = plan.conv_size
@@ -91,7 +94,7 @@ def bandwidth(precision: str, plan: Plan) -> float:
     elements = plan.bandwidth_mib * 2 ** 20 // _dtype(precision).itemsize
     a, b, out = (torch.ones(elements, dtype=_dtype(precision)) for _ in range(3))
     size = a.element_size() * elements
-    budget = dict(budget_s=plan.unit_budget_s * 3, min_repeats=plan.min_repeats)
+    budget = dict(budget_s=plan.peak_budget_s, min_repeats=plan.min_repeats)
     with torch.inference_mode():
         copy = 2 * size / (time_call(lambda: out.copy_(a), **budget).median_ms / 1e3)
         add = 3 * size / (time_call(lambda: torch.add(a, b, out=out), **budget).median_ms / 1e3)
@@ -99,75 +102,103 @@ def bandwidth(precision: str, plan: Plan) -> float:
 
 
 # -- units ---------------------------------------------------------------------------------------
-def grid_units(plan: Plan, precision: str) -> list[Unit]:
-    """The distinct units of B0 scaled to every (width, resolution) of the plan."""
+def grid_specs(plan: Plan):
+    """B0 at every (width, resolution) of the plan's grid."""
     from ..scaling import Coefficients, scale
     from ..spec import EFFICIENTNET_B0
 
+    return [scale(EFFICIENTNET_B0, Coefficients(width=width), resolution=resolution,
+                  name=f"grid-w{width:g}-r{resolution}")
+            for width in plan.widths for resolution in plan.resolutions]
+
+
+def grid_units(plan: Plan, precision: str) -> list[Unit]:
+    """The distinct units of the plan's grid networks."""
     seen: dict[tuple, Unit] = {}
-    for width in plan.widths:
-        for resolution in plan.resolutions:
-            spec = scale(EFFICIENTNET_B0, Coefficients(width=width), resolution=resolution)
-            for unit in network_units(spec, precision=precision):
-                seen.setdefault(_shape_key(unit), unit)
+    for spec in grid_specs(plan):
+        for unit in network_units(spec, precision=precision):
+            seen.setdefault(shape_key(unit), unit)
     return list(seen.values())
 
 
-def _shape_key(unit: Unit) -> tuple:
-    return unit.kind, unit.in_channels, unit.out_channels, unit.hw, unit.batch
+def shape_key(unit: Unit) -> tuple:
+    return unit.kind, unit.in_channels, unit.out_channels, unit.hw, unit.batch, unit.kernel, unit.stride
 
 
-def _unit_module(unit: Unit, activation: str) -> nn.Module:
-    from ..nn.layers import ConvNormAct, SqueezeExcite
+def _unit_parts(model: nn.Module) -> list[tuple[list[nn.Module], list[nn.Module]]]:
+    """Per unit of `network_units`, in the same order: (modules whose times add, ... subtract).
 
-    base = unit.kind.split("_k")[0]
-    if base in ("conv", "depthwise", "pointwise", "pointwise_act"):
-        return ConvNormAct(unit.in_channels, unit.out_channels, unit.kernel, unit.stride,
-                           groups=unit.in_channels if base == "depthwise" else 1,
-                           activation=None if base == "pointwise" else activation)
-    if base == "se":
-        module = SqueezeExcite(unit.in_channels, unit.out_channels, activation)
-        # The prepared SE scales its input in place, and the timing loop feeds the same input
-        # every call: a gate of exactly 1 keeps it from decaying into (slow) denormals.
-        nn.init.constant_(module.expand.bias, 30.0)
-        nn.init.zeros_(module.expand.weight)
-        return module
-    if base == "classifier":
-        layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
-        return nn.Sequential(*layers, nn.Linear(unit.in_channels, unit.out_channels)) if unit.out_channels \
-            else nn.Sequential(*layers)
-    if base == "residual":
-        return _Add()
-    raise EffscaleError(f"no module for layer kind {unit.kind!r}")
+    The residual add is not a module call: it is the block's time minus its children's, which
+    also charges the block's own Python to it, as the network pays it.
+    """
+    from ..nn.blocks import MBConv
+
+    parts = [([model.stem], [])]
+    for stage in model.stages:
+        for block in stage:
+            if type(block) is not MBConv:
+                raise EffscaleError(f"in-context timing handles MBConv blocks only, got {type(block).__name__}")
+            children = [getattr(block, name) for name in ("expand", "depthwise", "se", "project")
+                        if hasattr(block, name)]
+            parts += [([child], []) for child in children]
+            if block.has_residual:
+                parts.append(([block], children))
+    parts += [([model.head], []), ([model.pool, model.classifier], [])]  # dropout between: an eval no-op
+    return parts
 
 
-class _Add(nn.Module):
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x + y
+class InContextTimer:
+    """A prepared network whose every call also times each of its units (forward hooks).
+
+    Call it to run the network once; `commit()` keeps that call's unit times as one sample each
+    (warm-up calls are simply not committed). `samples[i]` are the ms of `units[i]`.
+    """
+
+    def __init__(self, spec, settings):
+        self.units = network_units(spec, precision=settings.precision)
+        self.model = prepare(spec, settings)
+        self.x = example_input(settings, 3, spec.resolution)
+        self.parts = _unit_parts(self.model)
+        if len(self.parts) != len(self.units):
+            raise EffscaleError(f"{spec.name}: {len(self.parts)} timed parts for {len(self.units)} units")
+        self.samples: list[list[float]] = [[] for _ in self.units]
+        self._start: dict[int, float] = {}
+        self._elapsed: dict[int, float] = {}
+        for module in {m for add, subtract in self.parts for m in add + subtract}:
+            module.register_forward_pre_hook(self._enter)
+            module.register_forward_hook(self._exit)
+
+    def _enter(self, module, args) -> None:
+        self._start[id(module)] = time.perf_counter()
+
+    def _exit(self, module, args, output) -> None:
+        self._elapsed[id(module)] = time.perf_counter() - self._start[id(module)]
+
+    def __call__(self):
+        return self.model(self.x)
+
+    def commit(self) -> None:
+        elapsed = self._elapsed
+        for samples, (add, subtract) in zip(self.samples, self.parts):
+            seconds = sum(elapsed[id(m)] for m in add) - sum(elapsed[id(m)] for m in subtract)
+            samples.append(max(seconds, 1e-7) * 1e3)
 
 
-def unit_call(unit: Unit, *, precision: str, channels_last: bool, activation: str = "swish"):
-    """A no-argument callable running `unit` as the prepared network runs it."""
-    from ..nn.inference import prepare_for_inference
-
-    # bf16 weights without prepare_for_inference's cast hooks: inside a network, activations
-    # are bf16 already, so a unit's input is created in bf16 instead.
-    module = prepare_for_inference(_unit_module(unit, activation), channels_last=channels_last)
-    module = module.to(_dtype(precision))
-    x = torch.randn(unit.batch, unit.in_channels, unit.hw, unit.hw)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x = x.to(_dtype(precision))
-    if unit.kind == "residual":
-        y = x.clone()
-        return lambda: module(x, y)
-    return lambda: module(x)
+def pool_units(timers: list[InContextTimer]) -> list[tuple[Unit, LatencyMeasurement]]:
+    """One measurement per distinct unit shape, pooling the samples of every occurrence."""
+    pooled: dict[tuple, tuple[Unit, list[float]]] = {}
+    for timer in timers:
+        for unit, samples in zip(timer.units, timer.samples):
+            pooled.setdefault(shape_key(unit), (unit, []))[1].extend(samples)
+    return [(unit, LatencyMeasurement.from_samples(samples)) for unit, samples in pooled.values()]
 
 
 # -- orchestration -------------------------------------------------------------------------------
 def measure_in_passes(groups: list[tuple[list, float]], *, passes: int, seed: int, min_repeats: int = 5,
                       advance=None) -> list[list[LatencyMeasurement]]:
     """Time groups of no-argument calls, each given with its budget in seconds per call.
+
+    A call with a `commit()` method (InContextTimer) has it called after each timed call.
 
     Every pass times each group in turn, its calls in a fresh random order, for `budget / passes`
     each; a call's samples are pooled over the passes. Interleaving spreads every measurement
@@ -182,8 +213,9 @@ def measure_in_passes(groups: list[tuple[list, float]], *, passes: int, seed: in
             rng.shuffle(order)
             gc.collect()
             for index in order:
-                measured = time_call(calls[index], warmup=2 if pass_index == 0 else 1, budget_s=budget_s / passes,
-                                     min_repeats=min_repeats, collect=False)
+                call = calls[index]
+                measured = time_call(call, warmup=2 if pass_index == 0 else 1, budget_s=budget_s / passes,
+                                     min_repeats=min_repeats, collect=False, on_sample=getattr(call, "commit", None))
                 group_samples[index].extend(measured.samples)
                 if advance:
                     advance()
@@ -234,7 +266,6 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
         raise EffscaleError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
     threads = torch.get_num_threads() if threads is None else threads
     plan = PLANS["tiny" if tiny else "quick" if quick else "full"]
-    units = grid_units(plan, precision)
     specs = member_specs(plan)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with torch_threads(threads), _Progress(progress) as bar:
@@ -245,20 +276,21 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
         advance(), advance()
 
         settings = _Settings(threads, precision, channels_last)
-        unit_calls = [unit_call(u, precision=precision, channels_last=channels_last) for u in units]
+        timers = [InContextTimer(spec, settings) for spec in grid_specs(plan)]
         member_calls = []
         for spec in specs:
             model = prepare(spec, settings)
             x = example_input(settings, 3, spec.resolution)
             member_calls.append(lambda model=model, x=x: model(x))
-        advance = bar.task("layers and networks", (len(units) + len(specs)) * plan.passes)
+        advance = bar.task("layers and networks", (len(timers) + len(specs)) * plan.passes)
         with torch.inference_mode():
-            unit_times, member_times = measure_in_passes(
-                [(unit_calls, plan.unit_budget_s), (member_calls, plan.member_budget_s)], passes=plan.passes,
-                seed=0, min_repeats=plan.min_repeats, advance=advance)
-        del unit_calls, member_calls
+            member_times = measure_in_passes(
+                [(timers, plan.grid_budget_s), (member_calls, plan.member_budget_s)], passes=plan.passes,
+                seed=0, min_repeats=plan.min_repeats, advance=advance)[1]
+        units = pool_units(timers)
+        del timers, member_calls
 
-    layers = [{**u.to_dict(), **_times(m)} for u, m in zip(units, unit_times)]
+    layers = [{**unit.to_dict(), **_times(m)} for unit, m in units]
     from ..cost import cost
 
     members = [{"name": s.name, "spec": s.to_text(), "batch": 1, "macs": cost(s).macs, **_times(m)}

@@ -128,7 +128,8 @@ class DeviceProfile:
 
     # -- prediction ------------------------------------------------------------------------
     @cached_property
-    def _lut(self):
+    def layer_table(self):
+        """The lookup table fitted to `layers` (latency.LayerTable), built on first use."""
         from .latency import LayerTable
         return LayerTable.fit(self.layers)
 

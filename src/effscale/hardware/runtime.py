@@ -56,13 +56,15 @@ def torch_threads(threads: int):
 
 
 def time_call(call, *, warmup: int = 2, repeats: int | None = None, budget_s: float = 1.0,
-              min_repeats: int = 5, max_repeats: int = 200, collect: bool = True) -> LatencyMeasurement:
+              min_repeats: int = 5, max_repeats: int = 200, collect: bool = True,
+              on_sample=None) -> LatencyMeasurement:
     """Time `call()` after `warmup` calls: `repeats` times, or adaptively by time budget.
 
     Adaptive (repeats=None): at least `min_repeats` samples, then more until `budget_s` of timed
     calls or `max_repeats`, so a 0.1 ms layer gets many samples and a 300 ms network a few. The
     garbage collector is paused while timing (a collection inside a call is noise, not latency);
     `collect` runs one first (~0.1 s with torch loaded: callers timing many things collect once).
+    `on_sample()`, if given, runs after each timed call (outside the timing).
     """
     if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1):
         raise EffscaleError(f"repeats={repeats!r} must be an integer >= 1 (or None: adaptive)")
@@ -82,6 +84,8 @@ def time_call(call, *, warmup: int = 2, repeats: int | None = None, budget_s: fl
             elapsed = time.perf_counter() - start
             samples.append(elapsed * 1e3)
             spent += elapsed
+            if on_sample is not None:
+                on_sample()
             if repeats is not None:
                 if len(samples) >= repeats:
                     break
