@@ -6,10 +6,11 @@ All three predict one call of `prepare(spec, profile)` under `torch.inference_mo
 call each: a conv with its folded BN and activation (`conv_k3_s2` for the stem,
 `pointwise_act` for expand and head, `pointwise` for the project conv, which has no
 activation, `depthwise_k{k}_s{s}`), a whole squeeze-excite (`se`: pool, reduce, act, expand,
-sigmoid, in-place scale), the residual add (`residual`) and the head's pool + linear
-(`classifier`). `network_units(spec)` groups `cost(spec).layers` into units, so the units of a
-spec and its analytic cost cannot drift apart; the profile times units built from the same
-modules the network uses (microbench.py).
+sigmoid, in-place scale), the residual add (`residual`, timed as its block minus the block's
+children, so it carries the block's own Python too) and the head's pool + linear
+(`classifier`). `network_units(spec)` groups `cost(spec).layers` into units, so the units of
+a spec and its analytic cost cannot drift apart; the profile times them inside the running
+network (microbench.InContextTimer).
 
 **(b) "lut".** Per kind, a non-negative linear model t = c0 + c1 * MACs + c2 * bytes fitted to
 the measured units (relative error; fixed call overhead, compute and memory traffic), times a
@@ -20,9 +21,10 @@ returns the measurement, between shapes it interpolates the measured/model ratio
 looks up exact block shapes, nn-Meter fits a per-kernel model; this does both), and far from
 every measured shape (distance > ~3) it falls back to the per-kind model. The network's
 latency is `calibration.scale * sum(units) + calibration.overhead_ms`, the two fitted on the
-profile's whole-network measurements: the scale absorbs what isolated units do not see
-(cold weights, caches shared along the network), the overhead the per-call cost of the
-network's own Python (the block and stage calls).
+profile's whole-network measurements (non-negative, relative error). Units timed in place add
+up to their network, so the scale comes out near 1 (it absorbs the hooks' own cost and any
+drift between the grid and the members); the overhead is what runs outside every unit: the
+stage containers, the blocks without a residual, the input cast of a bf16 model.
 
 **(a) "affine".** L = slope * x + intercept with x = MACs(spec, batch) / MACs(B0 at 224 px,
 batch 1). For a compound-scaled B0, x = d * w^2 * r^2 up to rounding; for any other spec

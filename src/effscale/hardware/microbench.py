@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..cost import cost
 from ..errors import EffscaleError
 from .latency import LayerTable, Unit, fit_affine, fit_calibration, network_units
 from .runtime import LatencyMeasurement, example_input, prepare, time_call, torch_threads
@@ -269,19 +270,23 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
     specs = member_specs(plan)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with torch_threads(threads), _Progress(progress) as bar:
-        advance = bar.task(f"peaks ({precision}, {threads} thr)", 4)
+        advance = bar.task(f"peaks ({precision}, {threads} threads)", 2)
         flops = peak_flops(precision, plan)
-        advance(), advance()
+        advance()
         bytes_per_s = bandwidth(precision, plan)
-        advance(), advance()
+        advance()
 
         settings = _Settings(threads, precision, channels_last)
-        timers = [InContextTimer(spec, settings) for spec in grid_specs(plan)]
-        member_calls = []
+        grid = grid_specs(plan)
+        advance = bar.task("building networks", len(grid) + len(specs))
+        timers, member_calls = [], []
+        for spec in grid:
+            timers.append(InContextTimer(spec, settings))
+            advance()
         for spec in specs:
-            model = prepare(spec, settings)
-            x = example_input(settings, 3, spec.resolution)
+            model, x = prepare(spec, settings), example_input(settings, 3, spec.resolution)
             member_calls.append(lambda model=model, x=x: model(x))
+            advance()
         advance = bar.task("layers and networks", (len(timers) + len(specs)) * plan.passes)
         with torch.inference_mode():
             member_times = measure_in_passes(
@@ -291,8 +296,6 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
         del timers, member_calls
 
     layers = [{**unit.to_dict(), **_times(m)} for unit, m in units]
-    from ..cost import cost
-
     members = [{"name": s.name, "spec": s.to_text(), "batch": 1, "macs": cost(s).macs, **_times(m)}
                for s, m in zip(specs, member_times)]
     table = LayerTable.fit(layers)
