@@ -283,12 +283,30 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_module, "QUICK", demo_module.DemoSettings(budget="tiny", alpha_grid="1.0",
                                                                          beta_grid="1.0,1.2", targets=(2,)))
-    result = demo_module.run_demo(tmp_path, quick=True, progress=False)
+    from effscale.hardware import run_profile
+
+    device = run_profile(_tiny=True, progress=False).save(tmp_path / "device.json")
+    result = demo_module.run_demo(tmp_path, quick=True, progress=False, device=str(device),
+                                  latency_ms=1000.0)
+    assert result["plan"]["fits"] and result["chosen"]["strategy"] == "planned"
     report = (tmp_path / "report.md").read_text()
     for heading in ("1. Coefficient search", "2. The family", "3. Best model under a latency budget",
                     "4. Weights", "effscale search", "effscale study"):
         assert heading in report
-    assert result["chosen"]["latency_ms"] <= result["latency_budget_ms"]
+    assert result["chosen"]["latency_ms"] <= result["latency_budget_ms"] and "effscale plan" in report
     model = model_from_file(result["weights"])
     assert model.num_classes == 10 and model.in_chans == 1
     assert (tmp_path / "search.png").exists() and (tmp_path / "study" / "accuracy_vs_macs.png").exists()
+
+
+def test_latency_pick_takes_the_best_member_that_fits():
+    from effscale.search.demo import pick_under_latency
+
+    rows = [{"strategy": "base", "target": 1, "seed": 0, "latency_ms": 1.0, "top1": 70, "macs": 1},
+            {"strategy": "compound", "target": 2, "seed": 0, "latency_ms": 2.0, "top1": 75, "macs": 2},
+            {"strategy": "compound", "target": 4, "seed": 0, "latency_ms": 4.0, "top1": 74, "macs": 4},
+            {"strategy": "width", "target": 2, "seed": 0, "latency_ms": 1.5, "top1": 90, "macs": 2}]
+    assert pick_under_latency(rows, 5.0)["target"] == 2  # best accuracy, not the biggest
+    assert pick_under_latency(rows, 1.9)["strategy"] == "base"  # width is not a family member
+    with pytest.raises(EffscaleError, match="the smallest model takes 1.00 ms here"):
+        pick_under_latency(rows, 0.5)

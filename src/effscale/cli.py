@@ -179,7 +179,8 @@ def cmd_study(args) -> None:
 def cmd_demo(args) -> None:
     from .search import run_demo
 
-    result = run_demo(args.out, quick=args.quick, latency_ms=args.latency_ms, progress=not args.json)
+    result = run_demo(args.out, quick=args.quick, latency_ms=args.latency_ms, device=args.device,
+                      progress=not args.json)
     if args.json:
         return _print_json(result)
     rule, chosen = result["rule"], result["chosen"]
@@ -238,7 +239,8 @@ def cmd_plan(args) -> None:
         print(f"effscale: warning: {warning.message}", file=sys.stderr)
     result = plan(profile, latency_ms=args.latency_ms, memory_mb=args.memory_mb, energy_mj=args.energy_mj,
                   sustained=args.sustained, batch=args.batch, free_coefficients=args.free_coefficients,
-                  accuracy=args.accuracy_from, base=load_spec(args.base), verify=not args.no_verify,
+                  accuracy=args.accuracy_from, base=load_spec(args.base), rule=_rule(args),
+                  verify=not args.no_verify,
                   method=args.method, spec_out=args.spec_out,
                   progress=not args.json and sys.stderr.isatty()).to_dict()
     if args.json:
@@ -381,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="smaller grid and budget (about 3 minutes on 2 cores)")
     demo.add_argument("--out", help="output directory (default effscale-demo or effscale-demo-quick)")
     demo.add_argument("--latency-ms", type=float, help="latency budget (default: 2x the base model's here)")
+    demo.add_argument("--device", help="a profile from `effscale profile`: plan the latency step with it (predict, "
+                                       "then measure) instead of timing the trained family only")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -409,9 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--accuracy-from", metavar="RESULTS_JSON",
                       help="a study's results.json: plan by expected top-1 fitted to its rows")
     plan.add_argument("--base", default="efficientnet_b0", help="model name or spec file to scale (default B0)")
+    plan.add_argument("--alpha", type=float, help="compound rule to scale the base with (default 1.2; e.g. "
+                                                  "from `effscale search`)")
+    plan.add_argument("--beta", type=float, help="default 1.1")
+    plan.add_argument("--gamma", type=float, help="default 1.15")
     plan.add_argument("--method", choices=["lut", "affine", "roofline"], help="latency predictor (default: best)")
     plan.add_argument("--no-verify", action="store_true", help="do not measure the chosen model")
-    plan.add_argument("--spec-out", metavar="FILE", help="write the chosen spec's text here (used by the train command)")
+    plan.add_argument("--spec-out", metavar="FILE", help="write the chosen spec text here (for the train command)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=cmd_plan)
     return parser

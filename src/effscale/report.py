@@ -152,13 +152,26 @@ def demo_markdown(result: dict, study_md: str) -> str:
               "## 2. The family and single-dimension scaling", ""]
     lines += ["(The compound rows are the family: phi = 1, 2, 3 under the found rule is 2x, 4x, 8x the MACs.)", ""]
     lines += [line.replace("](accuracy", "](study/accuracy") for line in study_md.splitlines()[2:]]
-    lines += ["", "## 3. Best model under a latency budget", "",
-              f"Budget {result['latency_budget_ms']:g} ms per image (batch 1) on this machine. The best family "
-              f"member that fits is `{chosen['name']}` ({chosen['strategy']} {chosen['target']:g}x, "
-              f"{chosen['macs'] / 1e6:.2f} M MACs, {chosen['params'] / 1e3:.0f} K params, {chosen['resolution']} px): "
-              f"{chosen['latency_ms']:.2f} ms measured in the study, {chosen['remeasured_ms']:.2f} ms re-measured now "
-              f"-> {'fits' if chosen['fits'] else '**does not fit on re-measurement** (timing noise on a busy machine)'}."
-              f" Test top-1 {chosen['top1']:.2f} %.", "",
+    lines += ["", "## 3. Best model under a latency budget", ""]
+    verdict = "fits" if chosen["fits"] else "**does not fit on re-measurement** (timing noise on a busy machine)"
+    if result.get("plan"):
+        planned = result["plan"]
+        lines += [f"Budget {result['latency_budget_ms']:g} ms per image (batch 1). `effscale plan` with the device "
+                  f"profile `{result['device']}`, the found rule and the study's accuracy rows chose "
+                  f"`{chosen['name']}` ({chosen['macs'] / 1e6:.2f} M MACs, {chosen['resolution']} px): predicted "
+                  f"{planned['predicted_ms']:.2f} ms, measured {planned['measured_ms']:.2f} ms -> {verdict} "
+                  f"({len(planned['attempts'])} attempt(s)). Trained with the proxy budget: test top-1 "
+                  f"{chosen['top1']:.2f} %.", ""]
+    else:
+        lines += [f"Budget {result['latency_budget_ms']:g} ms per image (batch 1) on this machine. The best family "
+                  f"member that fits is `{chosen['name']}` ({chosen['strategy']} {chosen['target']:g}x, "
+                  f"{chosen['macs'] / 1e6:.2f} M MACs, {chosen['params'] / 1e3:.0f} K params, "
+                  f"{chosen['resolution']} px): {chosen['latency_ms']:.2f} ms measured in the study, "
+                  f"{chosen['remeasured_ms']:.2f} ms re-measured now -> {verdict}. Test top-1 {chosen['top1']:.2f} %.",
+                  "", "Between the trained members, the hardware planner predicts any phi from a device profile "
+                  "and checks its pick by measurement (`effscale demo --device device.json` does this step with it):",
+                  "", "```", "effscale profile --quick --out device.json", commands["plan"], "```", ""]
+    lines += [
               "## 4. Weights, ready to use", "",
               f"`{result['weights']}` (spec, preprocessing and class names in its metadata) and its spec in "
               "`model_spec.txt`:", "", "```", commands["eval"],

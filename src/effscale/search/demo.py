@@ -53,8 +53,27 @@ def pick_under_latency(rows: list[dict], latency_ms: float) -> dict:
     return max(fitting, key=lambda r: (r["top1"], -r["macs"]))
 
 
+def plan_with_profile(device: str, budget_ms: float, study: dict, rule, base, task, settings, progress: bool):
+    """The hardware planner on the found rule and the study's accuracy rows; trains its pick."""
+    from ..hardware import load_profile
+    from ..hardware.plan import plan
+    from ..spec import NetworkSpec
+    from .proxy import train_proxy
+    from .study import _save_model
+
+    planned = plan(load_profile(device), latency_ms=budget_ms, base=base, rule=rule, accuracy=study["rows"],
+                   verify=True, progress=progress).to_dict()
+    spec = NetworkSpec.from_text(planned["spec"])
+    result, model = train_proxy(spec, task, settings.budget, seed=0, split="test", return_model=True)
+    weights = _save_model(model, task, Path(study["out"]) / "models" / "planned.safetensors")
+    chosen = {"strategy": "planned", "target": round(result.macs / study["rows"][0]["macs"], 3), "macs": result.macs,
+              "params": result.params, "top1": result.top1, "latency_ms": planned["measured_ms"],
+              "resolution": spec.resolution, "spec": planned["spec"], "weights": weights}
+    return chosen, planned
+
+
 def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: float | None = None,
-             progress: bool = True) -> dict:
+             device: str | None = None, progress: bool = True) -> dict:
     from .coefficients import SearchConfig, rule_from, search
     from .family import LAB_BASE
     from .study import StudyConfig, measure_latency_ms, run_study
@@ -92,13 +111,23 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     step = time.perf_counter()
     base_row = next(r for r in study["rows"] if r["strategy"] == "base")
     budget_ms = latency_ms if latency_ms is not None else round(2.0 * base_row["latency_ms"], 3)
-    chosen = pick_under_latency(study["rows"], budget_ms)
     from ..spec import NetworkSpec
+    from .family import fit_to_task, lab_base
     from .task import load_task
 
-    spec = NetworkSpec.from_text(chosen["spec"])
-    remeasured = measure_latency_ms(spec, load_task(DATA))
-    fits = remeasured <= budget_ms
+    task = load_task(DATA)
+    planned = None
+    if device:
+        study["out"] = str(out / "study")
+        chosen, planned = plan_with_profile(device, budget_ms, study, rule, fit_to_task(lab_base(), task), task,
+                                            settings, progress)
+        spec = NetworkSpec.from_text(chosen["spec"])
+        remeasured, fits = planned["measured_ms"], bool(planned["fits"])
+    else:
+        chosen = pick_under_latency(study["rows"], budget_ms)
+        spec = NetworkSpec.from_text(chosen["spec"])
+        remeasured = measure_latency_ms(spec, task)
+        fits = remeasured <= budget_ms
     timings["plan"] = time.perf_counter() - step
     _say(f"      {spec.name}: {chosen['macs'] / 1e6:.2f} M MACs, {chosen['latency_ms']:.2f} ms "
          f"(re-measured {remeasured:.2f} ms; budget {budget_ms:g} ms), top-1 {chosen['top1']:.2f} %")
@@ -108,6 +137,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     final = out / "model.safetensors"
     final.write_bytes(weights.read_bytes())
     (out / "model_spec.txt").write_text(chosen["spec"] + "\n")
+    (out / "base_spec.txt").write_text(fit_to_task(lab_base(), task).to_text() + "\n")
     timings["total"] = time.perf_counter() - started
     result = {
         "out": str(out), "quick": quick, "settings": settings.__dict__, "rule": {"alpha": rule.alpha,
@@ -117,13 +147,19 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                                                                              "top1", "latency_ms", "resolution")},
                                                    "remeasured_ms": remeasured, "fits": fits, "name": spec.name},
         "weights": str(final), "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "plan": planned, "device": device,
         "commands": {
             "search": _command("search", "--model", LAB_BASE, "--data", DATA, "--target", "2", "--budget",
                                settings.budget, "--alpha-grid", settings.alpha_grid, "--beta-grid",
                                settings.beta_grid, "--out", str(out / "search")),
             "study": study_command,
             "demo": _command("demo", *(["--quick"] if quick else []), "--out", str(out),
-                             *(["--latency-ms", f"{latency_ms:g}"] if latency_ms is not None else [])),
+                             *(["--latency-ms", f"{latency_ms:g}"] if latency_ms is not None else []),
+                             *(["--device", device] if device else [])),
+            "plan": _command("plan", "--device", device or "device.json", "--latency-ms", f"{budget_ms:g}",
+                             "--base", str(out / "base_spec.txt"), "--alpha", f"{rule.alpha:g}", "--beta",
+                             f"{rule.beta:g}", "--gamma", f"{rule.gamma:.6g}", "--accuracy-from",
+                             str(out / "study" / "results.json")),
             "eval": _command("eval", str(final), "--data", DATA),
             "train_longer": _command("train", "--model", str(out / "model_spec.txt"), "--data", DATA,
                                      "--out", str(out / "trained")),
