@@ -14,8 +14,11 @@ The JSON (version 1), one object:
     channels_last  model and inputs in channels_last
     peak_flops     FLOP/s, best of the matmul / dense-conv micro-benchmarks
     bandwidth      bytes/s, best of the copy / add micro-benchmarks
-    layers         one row per timed layer unit (see latency.py): kind, shape, macs, bytes, median_ms, ...
-    members        whole networks timed for calibration: name, spec text, batch, macs, median_ms, p25_ms, p75_ms
+    layers         one row per distinct layer unit, timed inside the running grid networks
+                   (latency.py, microbench.py): kind, in_channels, out_channels, hw (input side),
+                   batch, kernel, stride, analytic macs and bytes, median_ms, p25_ms, p75_ms, repeats
+    members        whole networks timed for calibration (scaled-down B0 .. B3, B4 in the full profile):
+                   name, spec text, batch, macs, median_ms, p25_ms, p75_ms, repeats
     affine         {"base_macs", "slope_ms", "intercept_ms"}: L = slope * macs / base_macs + intercept
     calibration    {"scale", "overhead_ms"}: network latency = scale * (sum of layer units) + overhead
     quick          True for a `--quick` profile (fewer shapes and repeats)
