@@ -12,3 +12,14 @@ def closest(name: str, candidates, n: int = 3) -> str:
     """'; did you mean a, b?' for typos, or '' when nothing is close."""
     near = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
     return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or say which extra provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EffscaleError(f"{module} is not installed; it comes with effscale's `{extra}` extra: "
+                            f"pip install -c constraints.txt 'effscale[{extra}]'") from None

@@ -12,7 +12,9 @@ STYLE = {"compound": ("C3", "o"), "depth": ("C0", "s"), "width": ("C2", "^"), "r
 
 
 def _pyplot():
-    import matplotlib
+    from .errors import require
+
+    matplotlib = require("matplotlib", "lab")
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt

@@ -7,8 +7,13 @@ build and time a model exactly as the profile does.
 from .latency import DEFAULT_METHOD, METHODS, network_units
 from .profile import DeviceProfile, ProfileMismatchWarning, load_profile, machine_description, run_profile
 from .runtime import LatencyMeasurement, measure_latency, prepare
+from .budgets import energy_per_inference, measure_peak_memory, predict_peak_memory, training_carbon
+from .thermal import PRESETS, ThermalModel, thermal_model
+from .plan import PlanResult, Utility, plan
 
 __all__ = [
-    "DEFAULT_METHOD", "DeviceProfile", "LatencyMeasurement", "METHODS", "ProfileMismatchWarning", "load_profile",
-    "machine_description", "measure_latency", "network_units", "prepare", "run_profile",
+    "DEFAULT_METHOD", "DeviceProfile", "LatencyMeasurement", "METHODS", "PRESETS", "PlanResult",
+    "ProfileMismatchWarning", "ThermalModel", "Utility", "energy_per_inference", "load_profile",
+    "machine_description", "measure_latency", "measure_peak_memory", "network_units", "plan",
+    "predict_peak_memory", "prepare", "run_profile", "thermal_model", "training_carbon",
 ]

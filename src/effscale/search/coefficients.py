@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import EffscaleError
+from ..errors import EffscaleError, require
 from ..scaling import Coefficients, ScalingRule
 from .family import fit_to_task, resolve_base
 from .proxy import get_budget, train_proxy
@@ -113,7 +113,7 @@ class SearchConfig:
 
 
 def _open_storage(url: str, heartbeat_s: int, grace_s: int):
-    import optuna
+    optuna = require("optuna", "lab")
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -32,7 +32,7 @@ class DemoSettings:
     seeds: int = 1
 
 
-FULL = DemoSettings(budget="quick", alpha_grid="1.0,1.2,1.4", beta_grid="1.0,1.1,1.2", targets=(2, 4, 8))
+FULL = DemoSettings(budget="quick", alpha_grid="1.0,1.15,1.3", beta_grid="1.0,1.1", targets=(2, 4, 8))
 QUICK = DemoSettings(budget="short", alpha_grid="1.0,1.4", beta_grid="1.0,1.2", targets=(2, 4))
 
 

@@ -79,6 +79,16 @@ def _batches(count: int, batch_size: int, steps: int, generator: torch.Generator
 
 
 @torch.no_grad()
+def zero_init_residual_branches(model: nn.Module) -> None:
+    """Zero the scale of the last batch norm in every residual branch (block with has_residual)."""
+    for block in model.modules():
+        if getattr(block, "has_residual", False):
+            norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if norms:
+                nn.init.zeros_(norms[-1].weight)
+
+
+@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, task: Task, resolution: int, samples: int) -> None:
     """Re-estimate BN running statistics as exact averages over `samples` training inputs."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -126,6 +136,7 @@ def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = spec.build(task.num_classes, task.in_chans)
+    zero_init_residual_branches(model)
     if task.kind == "image":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, budget.weight_decay), lr=budget.lr)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EffscaleError
+from ..errors import EffscaleError, require
 from ..scaling import ScalingRule
 from .family import fit_to_task, resolve_base
 from .proxy import get_budget, train_proxy
@@ -43,20 +43,50 @@ class StudyConfig:
     keep_weights: tuple = ()  # strategies whose seed-0 models are saved to out/models (image models)
 
 
-def measure_latency_ms(spec, task, repeats: int | None = None) -> float:
-    """Median ms of one batch-1 inference of `spec`, built for inference (BN folded, channels_last
-    for image models), under torch.inference_mode() with torch's current thread count."""
+def architecture(spec) -> str:
+    """The spec's text without its name: two strategies that land on the same network share it."""
+    return spec.replace(name="x").to_text()
+
+
+def measure_latencies(specs: list, task, rounds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Batch-1 latency (ms) of each distinct architecture, keyed by `architecture(spec)`.
+
+    Each model is built for inference (BN folded, channels_last for image models) and timed
+    under torch.inference_mode() with torch's current thread count. Models are timed in
+    `rounds` shuffled, interleaved passes and the median over passes is kept, so a burst of
+    load from another process, or allocator state left by training, shifts one sample of many
+    models rather than all samples of one.
+    """
+    import random
+
     from ..hardware.runtime import time_call
 
-    model = spec.build(task.num_classes, task.in_chans).eval()
-    if task.kind == "image":
-        from ..nn import prepare_for_inference
+    models = {}
+    for spec in specs:
+        key = architecture(spec)
+        if key in models:
+            continue
+        model = spec.build(task.num_classes, task.in_chans).eval()
+        if task.kind == "image":
+            from ..nn import prepare_for_inference
 
-        model = prepare_for_inference(model, channels_last=True)
-    raw = task.test[0][:1]
-    x = task.inputs(raw, spec.resolution, False)
+            model = prepare_for_inference(model, channels_last=True)
+        models[key] = (model, task.inputs(task.test[0][:1], spec.resolution, False))
+    samples: dict[str, list[float]] = {key: [] for key in models}
+    order = list(models)
+    shuffle = random.Random(seed).shuffle
     with torch.inference_mode():
-        return round(time_call(lambda: model(x), warmup=3, repeats=repeats, budget_s=0.5).median_ms, 4)
+        for _ in range(rounds):
+            shuffle(order)
+            for key in order:
+                model, x = models[key]
+                samples[key].append(time_call(lambda: model(x), warmup=2, budget_s=0.1, min_repeats=5,
+                                              collect=False).median_ms)
+    return {key: round(statistics.median(values), 4) for key, values in samples.items()}
+
+
+def measure_latency_ms(spec, task) -> float:
+    return measure_latencies([spec], task)[architecture(spec)]
 
 
 class _Rows:
@@ -96,6 +126,7 @@ def run_study(config: StudyConfig) -> dict:
     if not isinstance(config.seeds, int) or isinstance(config.seeds, bool) or config.seeds < 1:
         raise EffscaleError(f"seeds={config.seeds!r} must be an integer >= 1")
     budget = get_budget(config.budget)
+    require("matplotlib", "lab")  # the report's plots: fail now, not after the training
     base = resolve_base(config.base if config.base is not None else config.model, config.phi)
     task = load_task(config.data)
     task.check_spec(base)
@@ -111,7 +142,6 @@ def run_study(config: StudyConfig) -> dict:
                             "resume it with the same arguments or use another --out")
     fingerprint_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
     rows = _Rows(out / "results.jsonl")
-    latency: dict[str, float] = {}
     from .coefficients import _Progress
 
     jobs = [(run, seed) for run in runs for seed in range(config.seeds)]
@@ -125,15 +155,21 @@ def run_study(config: StudyConfig) -> dict:
             weights = None
             if seed == 0 and run["strategy"] in config.keep_weights and task.kind == "image":
                 weights = _save_model(model, task, out / "models" / f"{run['strategy']}-{run['target']:g}x.safetensors")
-            text = spec.to_text()
-            if text not in latency:
-                latency[text] = measure_latency_ms(spec, task)
             rows.add({"strategy": run["strategy"], "target": run["target"], "macs": result.macs,
                       "macs_ratio": run["macs_ratio"], "params": result.params, "top1": result.top1, "seed": seed,
-                      "latency_ms": latency[text], "matched": run.get("matched", True), "knob": run["knob"],
-                      "resolution": spec.resolution, "seconds": result.seconds, "spec": text,
-                      "weights": weights})
+                      "matched": run.get("matched", True), "knob": run["knob"], "resolution": spec.resolution,
+                      "seconds": result.seconds, "spec": spec.to_text(), "weights": weights})
         progress.update(len(jobs))
+    # Latency after all training, every architecture in the same interleaved passes.
+    latency_path = out / "latency.json"
+    latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
+    missing = [run["spec"] for run in runs if architecture(run["spec"]) not in latency]
+    if missing:
+        latency.update(measure_latencies(missing, task))
+        latency_path.write_text(json.dumps(latency, indent=1) + "\n")
+    by_text = {run["spec"].to_text(): latency[architecture(run["spec"])] for run in runs}
+    for row in rows.rows:
+        row["latency_ms"] = by_text[row["spec"]]
     summary = summarise(rows.rows)
     result = {"base": base.name, "base_spec": base.to_text(), "data": config.data, "budget": budget.to_dict(),
               "rule": {"alpha": config.rule.alpha, "beta": config.rule.beta, "gamma": config.rule.gamma},
