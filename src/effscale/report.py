@@ -45,6 +45,11 @@ def plot_accuracy(summary: list[dict], x_key: str, x_label: str, path: Path, tit
         axes.plot([base[0][x_key] / (1e6 if x_key == "macs" else 1)], [base[0]["top1_mean"]], "k*", markersize=12,
                   label="base")
     axes.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (axes.xaxis,):  # plain numbers on the log axis, not 6 x 10^0
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
     axes.set_xlabel(x_label)
     axes.set_ylabel("top-1 (%)  [bars: min..max over seeds]")
     axes.set_title(title, fontsize=10)
@@ -152,8 +157,12 @@ def demo_markdown(result: dict, study_md: str) -> str:
               "moves the real MACs away from the constraint; the x-base column shows by how much.", "",
               "![search](search.png)", "", "Reproduce: `" + commands["search"] + "`", "",
               "## 2. The family and single-dimension scaling", ""]
-    lines += ["(The compound rows are the family: phi = 1, 2, 3 under the found rule is 2x, 4x, 8x the MACs.)", ""]
-    lines += [line.replace("](accuracy", "](study/accuracy") for line in study_md.splitlines()[2:]]
+    targets = result["study"]["targets"]
+    lines += [f"The compound rows are the family: phi = 0..{len(targets)} under the found rule, i.e. "
+              + ", ".join(f"{t:g}x" for t in targets) + " the base's MACs, each matched by depth-only, width-only "
+              "and resolution-only scaling.", ""]
+    lines += [("#" + line if line.startswith("## ") else line).replace("](accuracy", "](study/accuracy")
+              for line in study_md.splitlines()[2:]]
     lines += ["", "## 3. Best model under a latency budget", ""]
     verdict = "fits" if chosen["fits"] else "**does not fit on re-measurement** (timing noise on a busy machine)"
     if result.get("plan"):

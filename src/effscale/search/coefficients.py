@@ -247,6 +247,9 @@ class CoefficientSearch:
                         other.state == TrialState.COMPLETE or other.number < trial.number):
                     trial.set_user_attr("duplicate_of", other.number)
                     raise optuna.TrialPruned(f"grid point {key} is already taken by trial {other.number}")
+        # Optuna's heartbeat thread writes its first beat asynchronously; a worker killed before it
+        # would leave a RUNNING trial that never goes stale. Beat once now, before any work.
+        self.storage.record_heartbeat(trial._trial_id)
         spec = self.candidates.get(key) or self._candidate(alpha, beta, gamma)
         text = spec.to_text()
         attrs = {"alpha": alpha, "beta": beta, "gamma": round(gamma, 6), "spec": text,
