@@ -285,10 +285,14 @@ def test_peak_memory_prediction_terms():
 def test_measured_peak_memory_agrees_with_the_prediction():
     spec = compound(TINY, 1.0)
     profile = SimpleNamespace(threads=1, precision="fp32", channels_last=True)
-    measured = budgets.measure_peak_memory(spec, profile, batch=8)
-    predicted = budgets.predict_peak_memory(spec, profile, batch=8)
-    assert measured.inference_growth_bytes > 0 and measured.model_bytes > predicted.weights_bytes
-    assert measured.total_bytes == pytest.approx(predicted.total_bytes, rel=0.4)
+    measured = {b: budgets.measure_peak_memory(spec, profile, batch=b) for b in (8, 64)}
+    predicted = {b: budgets.predict_peak_memory(spec, profile, batch=b) for b in (8, 64)}
+    assert measured[8].inference_growth_bytes > 0 and measured[8].model_bytes > predicted[8].weights_bytes
+    # The fixed part (library pages first touched, allocator arenas) varies between environments by
+    # 10-30 MB for a model this small: check it loosely, and the batch-dependent part closely.
+    assert 0.5 < measured[8].total_bytes / predicted[8].total_bytes < 3
+    growth = measured[64].total_bytes - measured[8].total_bytes
+    assert growth == pytest.approx(predicted[64].total_bytes - predicted[8].total_bytes, rel=0.35)
 
 
 # -- thermal ------------------------------------------------------------------------------------------
