@@ -53,7 +53,8 @@ def pick_under_latency(rows: list[dict], latency_ms: float) -> dict:
     return max(fitting, key=lambda r: (r["top1"], -r["macs"]))
 
 
-def plan_with_profile(device: str, budget_ms: float, study: dict, rule, base, task, settings, progress: bool):
+def plan_with_profile(device: str, budget_ms: float, rows: list[dict], rule, base, task, settings,
+                      weights_path: Path, progress: bool):
     """The hardware planner on the found rule and the study's accuracy rows; trains its pick."""
     from ..hardware import load_profile
     from ..hardware.plan import plan
@@ -61,12 +62,13 @@ def plan_with_profile(device: str, budget_ms: float, study: dict, rule, base, ta
     from .proxy import train_proxy
     from .study import _save_model
 
-    planned = plan(load_profile(device), latency_ms=budget_ms, base=base, rule=rule, accuracy=study["rows"],
+    planned = plan(load_profile(device), latency_ms=budget_ms, base=base, rule=rule, accuracy=rows,
                    verify=True, progress=progress).to_dict()
     spec = NetworkSpec.from_text(planned["spec"])
     result, model = train_proxy(spec, task, settings.budget, seed=0, split="test", return_model=True)
-    weights = _save_model(model, task, Path(study["out"]) / "models" / "planned.safetensors")
-    chosen = {"strategy": "planned", "target": round(result.macs / study["rows"][0]["macs"], 3), "macs": result.macs,
+    weights = _save_model(model, task, weights_path)
+    base_macs = next(r["macs"] for r in rows if r["strategy"] == "base")
+    chosen = {"strategy": "planned", "target": round(result.macs / base_macs, 3), "macs": result.macs,
               "params": result.params, "top1": result.top1, "latency_ms": planned["measured_ms"],
               "resolution": spec.resolution, "spec": planned["spec"], "weights": weights}
     return chosen, planned
@@ -118,9 +120,9 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     task = load_task(DATA)
     planned = None
     if device:
-        study["out"] = str(out / "study")
-        chosen, planned = plan_with_profile(device, budget_ms, study, rule, fit_to_task(lab_base(), task), task,
-                                            settings, progress)
+        chosen, planned = plan_with_profile(device, budget_ms, study["rows"], rule, fit_to_task(lab_base(), task),
+                                            task, settings, out / "study" / "models" / "planned.safetensors",
+                                            progress)
         spec = NetworkSpec.from_text(chosen["spec"])
         remeasured, fits = planned["measured_ms"], bool(planned["fits"])
     else:
