@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from effscale import EffscaleError, NetworkSpec, ScalingRule, StageSpec
+from effscale import EffscaleError, NetworkSpec, StageSpec
 from effscale.search import (ProxyBudget, SearchConfig, StudyConfig, load_task, match, run_study, search,
                              train_proxy)
 from effscale.search import coefficients as coefficients_module

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..errors import EffscaleError
 
-
 DATA = "fashion-mnist"
 
 
