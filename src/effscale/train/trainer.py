@@ -31,7 +31,7 @@ from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import lr_factor, make_optimizer
-from .recipe import Recipe, get_recipe, quick_spec, regularisation
+from .recipe import Recipe, get_recipe, quick_spec
 
 CHECKPOINT_FORMAT = "effscale-train-1"
 
