@@ -7,6 +7,7 @@ import (timm and torchvision need PYTHONPATH=../shared/tools/tvshim under a CPU-
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ from torch import nn
 from effscale import EffscaleError, NetworkSpec, create_model, get_spec
 from effscale.predict import imagenet_labels, load_for_inference, predict_images
 from effscale.preprocess import load_image, preprocess, resize_size
-from effscale.weights import (detect_layout, key_map, layout_defaults, load_weights, model_from_file,
-                              read_metadata, read_state_dict, save_weights)
+from effscale.nn.layers import Conv2dSame
+from effscale.weights import (WeightsAdaptedWarning, detect_layout, key_map, layout_defaults, load_state_dict_into,
+                              load_weights, model_from_file, read_metadata, read_state_dict, save_weights)
 
 RTOL = 1e-4  # max |diff| / max |logit|; wrong TF padding gives ~5e-2, a wrong BN eps ~2e-3
 
@@ -59,10 +61,10 @@ def _relative_error(reference: torch.Tensor, ours: torch.Tensor) -> float:
 
 
 def _compare(reference: nn.Module, name: str, tmp_path, expected_layout: str, resolution: int = 64,
-             **overrides) -> tuple[float, nn.Module]:
+             file_name: str = "reference.pth", **overrides) -> tuple[float, nn.Module]:
     """Copy `reference`'s weights into effscale through a .pth file; return the logits' relative error."""
     _randomise(reference)
-    path = tmp_path / "reference.pth"
+    path = tmp_path / file_name
     torch.save(reference.state_dict(), path)
     assert detect_layout(read_state_dict(path)) == expected_layout
     ours = load_weights(create_model(name, **overrides), path).eval()
@@ -97,10 +99,12 @@ def test_safetensors_round_trip_rebuilds_from_file_alone(tmp_path):
         assert torch.equal(fresh.stages[3][1].depthwise.conv.weight, model.stages[3][1].depthwise.conv.weight)
 
 
-def test_loading_into_a_model_that_computes_differently_warns(tmp_path):
+def test_loading_into_a_model_that_computes_differently_adapts_it(tmp_path):
     path = save_weights(create_model("efficientnet_b0", padding="same"), tmp_path / "b0.safetensors")
-    with pytest.warns(UserWarning, match="padding"):
-        load_weights(create_model("efficientnet_b0"), path)
+    model = create_model("efficientnet_b0")
+    with pytest.warns(WeightsAdaptedWarning, match="padding='symmetric' set to the checkpoint's padding='same'"):
+        load_weights(model, path)
+    assert model.spec.padding == "same" and isinstance(model.stem.conv, Conv2dSame)
 
 
 def test_save_weights_rejects_bad_metadata_and_models(tmp_path):
@@ -125,20 +129,8 @@ def test_save_weights_rejects_bad_metadata_and_models(tmp_path):
 def test_timm_parity(tmp_path, timm_name, name, overrides):
     timm = _optional("timm")
     reference = timm.create_model(timm_name, pretrained=False)
-    error, _ = _compare(reference, name, tmp_path, "timm", **overrides)
+    error, _ = _compare(reference, name, tmp_path, "timm", file_name=f"{timm_name}.pth", **overrides)
     assert error < RTOL
-
-
-def test_timm_tf_port_needs_same_padding(tmp_path):
-    timm = _optional("timm")
-    reference = timm.create_model("tf_efficientnet_b0", pretrained=False)
-    error, ours = _compare(reference, "efficientnet_b0", tmp_path, "timm", padding="same")
-    assert error < RTOL
-    # the same weights with symmetric padding compute something else: the comparison has teeth
-    wrong = load_weights(create_model("efficientnet_b0"), tmp_path / "reference.pth").eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert _relative_error(ours(x), wrong(x)) > 10 * RTOL
 
 
 def test_torchvision_parity(tmp_path):
@@ -183,6 +175,190 @@ def test_key_maps_cover_every_module_once():
     assert key_map(spec, "timm")["stages.0.0.project.conv"] == "blocks.0.0.conv_pw"
 
 
+# -- every load computes like the checkpoint's implementation -----------------------------------
+LAYOUTS = ("timm", "timm_tf", "torchvision", "lukemelas", "effscale")
+ENTRIES = ("load_weights", "load_state_dict_into", "create_model(name)", "create_model(spec)", "predict",
+           "train --init")
+# A name fixes no BN eps or padding of its own: the checkpoint's are applied without a word.
+SILENT_ENTRIES = ("create_model(name)", "predict")
+# effscale's default B0 (bn_eps 1e-3, symmetric, swish) differs from every reference in something.
+EFFSCALE_REFERENCE = {"bn_eps": 1e-5, "padding": "same", "activation": "relu"}
+MISMATCH = 0.05  # a wrong BN eps or padding under small variances is off by far more than this
+
+
+def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BN statistics like a trained network's: small running variances (1e-4..1e-3, where eps 1e-3
+    vs 1e-5 changes a normalisation up to 3x), and every BN scaled, in one calibrating pass, so
+    that its output on real inputs is O(1): the logits depend on the input (a randomly initialised
+    network's are nearly constant, which a comparison of logits cannot tell apart)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def calibrate(module, inputs):
+        x, n = inputs[0], module.num_features
+        variance = torch.rand(n, generator=generator) * 9e-4 + 1e-4
+        spread = x.transpose(0, 1).reshape(n, -1).std(1).clamp(min=1e-3)
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(variance)
+        module.weight.copy_((variance + module.eps).sqrt() / spread * (torch.rand(n, generator=generator) + 0.5))
+        module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+
+    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 64, 64, generator=generator))
+    for hook in hooks:
+        hook.remove()
+    return model
+
+
+def _reference_b0(layout: str) -> tuple[nn.Module, str]:
+    """The reference implementation's B0 and the file name its checkpoint would have."""
+    if layout in ("timm", "timm_tf"):
+        name = "efficientnet_b0" if layout == "timm" else "tf_efficientnet_b0"
+        return _optional("timm").create_model(name, pretrained=False), f"{name}.pth"
+    if layout == "torchvision":
+        return _optional("torchvision.models").efficientnet_b0(weights=None), "efficientnet_b0_tv.pth"
+    if layout == "lukemelas":
+        lukemelas = _optional("efficientnet_pytorch")
+        return lukemelas.EfficientNet.from_name("efficientnet-b0", image_size=64), "efficientnet-b0.pth"
+    return create_model("efficientnet_b0", **EFFSCALE_REFERENCE), "b0.safetensors"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """layout -> (path, input, the reference's logits): one small-variance B0 per layout, built once."""
+    made = {}
+
+    def get(layout: str):
+        if layout not in made:
+            reference, file_name = _reference_b0(layout)
+            _trained_like(reference)
+            path = tmp_path_factory.mktemp(layout) / file_name
+            if layout == "effscale":
+                save_weights(reference, path)
+            else:
+                torch.save(reference.state_dict(), path)
+            x, other = torch.randn(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                logits = reference(x)
+                assert _relative_error(logits, reference(other)) > MISMATCH  # the logits depend on the image
+            made[layout] = path, x, logits
+        return made[layout]
+    return get
+
+
+def _load_through(entry: str, layout: str, path) -> nn.Module:
+    """efficientnet_b0 with `path` loaded by `entry`, told nothing about the checkpoint but its file
+    (and, for a bare state dict, what the file would have said)."""
+    if entry == "load_weights":
+        return load_weights(create_model("efficientnet_b0"), path)
+    if entry == "load_state_dict_into":
+        model = create_model("efficientnet_b0")
+        saved = NetworkSpec.from_text(read_metadata(path)["spec"]) if layout == "effscale" else None
+        load_state_dict_into(model, read_state_dict(path), source="timm_tf" if layout == "timm_tf" else "auto",
+                             saved_spec=saved)
+        return model
+    if entry == "create_model(name)":
+        return create_model("efficientnet_b0", weights=path)
+    if entry == "create_model(spec)":
+        return create_model(get_spec("efficientnet_b0"), weights=path)
+    if entry == "predict":  # what `effscale predict --weights path [--model efficientnet_b0]` calls
+        return load_for_inference(path, model=None if layout == "effscale" else "efficientnet_b0")
+    # what `effscale train --model efficientnet_b0 --init path` does before training
+    from effscale.nn.network import EfficientNet
+    from effscale.train.trainer import _load_init, _read_init
+
+    student = EfficientNet(get_spec("efficientnet_b0"))
+    _load_init(student, _read_init(str(path))[1], str(path))
+    return student
+
+
+def _assert_modules_follow_spec(model: nn.Module) -> None:
+    spec = model.spec
+    assert all(m.eps == spec.bn_eps for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.stride[0] > 1]
+    assert strided and all(isinstance(m, Conv2dSame) == (spec.padding == "same") for m in strided)
+    activation = {"swish": "Swish", "relu": "ReLU"}[spec.activation]
+    assert type(model.stem.act).__name__ == activation and type(model.stages[1][0].se.act).__name__ == activation
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_entry_point_computes_like_the_checkpoint(checkpoints, layout, entry):
+    path, x, expected = checkpoints(layout)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _load_through(entry, layout, path).eval()
+    with torch.no_grad():
+        assert _relative_error(expected, model(x)) < RTOL
+    _assert_modules_follow_spec(model)
+    said = [str(w.message) for w in caught if issubclass(w.category, WeightsAdaptedWarning)]
+    assert len(said) == (0 if entry in SILENT_ENTRIES else 1), said
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_keeping_the_model_values_gives_other_logits(checkpoints, layout):
+    """What every load but create_model(name, weights=) did before: the keys fit and the model
+    kept effscale's defaults. Shows that the comparison above has teeth for every layout."""
+    path, x, expected = checkpoints(layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # match="keep" is the user's choice: nothing to say
+        kept = load_weights(create_model("efficientnet_b0"), path, match="keep").eval()
+    assert (kept.spec.bn_eps, kept.spec.padding, kept.spec.activation) == (1e-3, "symmetric", "swish")
+    with torch.no_grad():
+        assert _relative_error(expected, kept(x)) > MISMATCH
+
+
+def test_user_overrides_win_over_the_checkpoint(checkpoints):
+    path, x, expected = checkpoints("timm_tf")
+    named = create_model("efficientnet_b0", bn_eps=1e-4, weights=path)
+    assert (named.spec.bn_eps, named.spec.padding) == (1e-4, "same")  # the rest still follows the checkpoint
+    model = create_model("efficientnet_b0", bn_eps=1e-4)
+    with pytest.warns(WeightsAdaptedWarning) as caught:
+        load_weights(model, path)
+    [message] = [str(w.message) for w in caught]
+    assert "padding='symmetric' set to the checkpoint's padding='same'" in message and "bn_eps" not in message
+    assert model.spec.bn_eps == 1e-4
+    _assert_modules_follow_spec(model)
+    # the README's pattern: both values given, nothing to change or say
+    tf_ported = create_model("efficientnet_b0", padding="same", bn_eps=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_weights(tf_ported, path)
+    with torch.no_grad():
+        assert _relative_error(expected, tf_ported.eval()(x)) < RTOL
+
+
+def test_refuse_names_both_values_and_changes_nothing(checkpoints):
+    path, _, _ = checkpoints("timm")
+    model = create_model("efficientnet_b0")
+    before = model.stem.bn.running_var.clone()
+    with pytest.raises(EffscaleError, match=r"efficientnet_b0.pth' was made to compute with bn_eps=1e-05 .* "
+                                            r"but the model has bn_eps=0.001; load with match='auto'") as info:
+        load_weights(model, path, match="refuse")
+    assert "\n" not in str(info.value)
+    assert model.spec.bn_eps == 1e-3 and model.stem.bn.eps == 1e-3 and torch.equal(model.stem.bn.running_var, before)
+    with pytest.raises(EffscaleError, match="match='fix' is unknown; allowed: auto, keep, refuse"):
+        load_weights(model, path, match="fix")
+
+
+def test_timm_ports_told_apart_by_file_name_or_source(checkpoints, tmp_path):
+    """timm's own weights and its tf_* ports have the same keys: the file name or source decides,
+    and the warning says what was assumed and how to choose the other."""
+    path, x, expected = checkpoints("timm_tf")
+    renamed = tmp_path / "b0_weights.pth"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.warns(WeightsAdaptedWarning, match=r"assumed timm's own weights.*source='timm_tf'"):
+        guessed = load_weights(create_model("efficientnet_b0"), renamed).eval()
+    assert (guessed.spec.bn_eps, guessed.spec.padding) == (1e-5, "symmetric")
+    told = create_model("efficientnet_b0")
+    stem_weight = told.stem.conv.weight
+    with pytest.warns(WeightsAdaptedWarning, match=r"padding='same' \(a timm tf_\* port\)"):
+        load_weights(told, renamed, source="timm_tf")
+    assert told.stem.conv.weight is stem_weight  # swapped padding, same parameter: optimizers stay valid
+    with torch.no_grad():
+        assert _relative_error(expected, told.eval()(x)) < RTOL < MISMATCH < _relative_error(expected, guessed(x))
+
+
 # -- checkpoint files in the wild --------------------------------------------------------------
 def _effscale_b0_state():
     model = _randomise(create_model("efficientnet_b0", num_classes=10))
@@ -214,9 +390,11 @@ def test_foreign_safetensors_and_backbone_without_head(tmp_path):
     reference = _randomise(timm.create_model("efficientnet_b0", pretrained=False))
     path = tmp_path / "timm_b0.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
-    backbone = load_weights(create_model("efficientnet_b0", features_only=True), path)
+    with pytest.warns(WeightsAdaptedWarning, match="bn_eps=1e-05"):  # a backbone computes like timm too
+        backbone = load_weights(create_model("efficientnet_b0", features_only=True), path)
     assert torch.equal(backbone.stages[5][3].se.reduce.weight, reference.blocks[5][3].se.conv_reduce.weight)
-    headless = load_weights(create_model("efficientnet_b0", num_classes=0), path)
+    assert backbone.spec.bn_eps == backbone.stem.bn.eps == 1e-5
+    headless = load_weights(create_model("efficientnet_b0", num_classes=0, bn_eps=1e-5), path)
     assert torch.equal(headless.head.conv.weight, reference.conv_head.weight)
 
 

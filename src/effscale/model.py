@@ -8,15 +8,17 @@ from torch import nn
 from .errors import EffscaleError
 from .nn.network import EfficientNet
 from .spec import NetworkSpec
-from .zoo import get_spec
+from . import zoo
 
 
-def resolve_spec(name_or_spec: str | NetworkSpec, **overrides) -> NetworkSpec:
-    if isinstance(name_or_spec, NetworkSpec):
-        return name_or_spec.replace(**overrides) if overrides else name_or_spec
-    if isinstance(name_or_spec, str):
-        return get_spec(name_or_spec, **overrides)
-    raise EffscaleError(f"expected a model name or NetworkSpec, got {type(name_or_spec).__name__}")
+def resolve_spec(ref, **overrides) -> NetworkSpec:
+    """`zoo.resolve_spec` (a name, spec, spec file, weights file or built model) for the image family,
+    which is what `create_model` builds; another family's spec is an EffscaleError naming it."""
+    spec = zoo.resolve_spec(ref, **overrides)
+    if not isinstance(spec, NetworkSpec):
+        raise EffscaleError(f"{spec.name!r} is a {getattr(spec, 'kind', type(spec).__name__)} model; this takes "
+                            "image models (EfficientNet specs); build other families with spec.build()")
+    return spec
 
 
 def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in_chans: int = 3,
@@ -25,13 +27,17 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     """Build a model from a name in `list_models()` or a NetworkSpec.
 
     `overrides` replace spec fields (e.g. `padding="same"` for TF-ported weights, `bn_eps=1e-5`,
-    `drop_path_rate=0.1`). `weights` loads a checkpoint in any supported key layout; for a named
-    model the spec fields its implementation implies (TF padding, BN eps) are applied unless
-    overridden (see `weights.model_from_checkpoint`).
+    `drop_path_rate=0.1`); their names are recorded in `model.explicit_fields`, and loading
+    weights later never changes them. `weights` loads a checkpoint in any supported key layout,
+    with the BN eps and padding its implementation computes with: applied before building for a
+    named model, set with a warning for a NetworkSpec that differs (see
+    `weights.model_from_checkpoint`, `weights.load_weights`).
     """
     if weights is not None:
         from .weights import model_from_checkpoint
         return model_from_checkpoint(weights, name_or_spec, num_classes=num_classes, in_chans=in_chans,
                                      features_only=features_only, **overrides)
     spec = resolve_spec(name_or_spec, **overrides)
-    return EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
+    model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
+    model.explicit_fields = frozenset(overrides)  # the user's choices win over a checkpoint's (load_weights)
+    return model

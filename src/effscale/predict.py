@@ -49,9 +49,10 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
 
     effscale safetensors: rebuilt from its metadata; `model`, if given, must have the same
     architecture. Foreign checkpoints: `model` (a name from `list_models()` or a NetworkSpec) is
-    required; `num_classes`/`in_chans` default to the checkpoint's, and the layout's implied spec
-    fields (see `weights.layout_defaults`) to what its implementation uses. `overrides` replace
-    spec fields (e.g. `padding="same", bn_eps=1e-3` for timm's tf_* ports, `resolution=256`).
+    required; `num_classes`/`in_chans` default to the checkpoint's, and the BN eps and padding
+    to what its implementation computes with (`weights.checkpoint_fields`; timm's tf_* ports are
+    told by a file name starting with tf_, or by `source="timm_tf"`). `overrides` replace spec
+    fields and are kept over the checkpoint's (e.g. `resolution=256`, `bn_eps=1e-4`).
     """
     from .model import resolve_spec
     from .weights import _existing_file, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata

