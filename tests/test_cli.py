@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +80,16 @@ def test_info_reads_spec_file_and_prints_text(capsys, tmp_path):
     (["info", "efficientnet_b0", "--phi", "1", "--alpha", "0.9"], "alpha=0.9 must be a finite number >= 1"),
     (["info", "efficientnet_b0", "--phi", "1", "--beta", "nan"], "beta=nan must be a finite number >= 1"),
     (["info", "efficientnet_b0", "--phi", "1", "--gamma", "inf"], "gamma=inf must be a finite number >= 1"),
-    (["info", "efficientnet_b0", "--phi", "-30"], "leaves stage 1 with"),
+    (["info", "efficientnet_b0", "--phi", "-40"],
+     "phi=-40 gives the width multiplier beta**phi = 0.02209, which leaves stage 1 of efficientnet_b0 with 0.354 "
+     "channels (< 1); allowed for efficientnet_b0 under alpha=1.2, beta=1.1, gamma=1.15: -14.87 <= phi <= 22.66"),
+    (["info", "efficientnet_b0", "--phi", "1e308"], "phi=1e+308 takes alpha**phi"),
+    (["info", "efficientnet_b0", "--phi", "300"], "phi=300 gives the width multiplier"),
+    (["info", "efficientnet_b0", "--depth", "1e9"], "depth=1e+09 makes efficientnet_b0 1.6e+10 blocks deep"),
+    (["info", "efficientnet_b0", "--width", "0.01"], "allowed: 0.0625 <= width <= 51.2"),
+    (["info", "efficientnet_b0", "--image-size", "100000"], "<= 8192 px"),
+    (["info", "/tmp"], "'/tmp' is a directory; give a model name (see `effscale models`), a spec text file"),
+    (["info", "/dev/null"], "'/dev/null' is not a regular file"),
     (["info", "efficientnet_b0", "--phi", "-15"], "minimum is 32 px"),
     (["info", "efficientnet_b0", "--phi", "inf"], "phi=inf must be a finite number"),
     (["info", "efficientnet_b0", "--alpha", "1.3"], "give phi too"),
@@ -167,3 +177,155 @@ def test_predict_bad_files(capsys, tmp_path):
     assert code == 2 and "weights.pth" in err and "not a readable checkpoint" in err
     code, _, err = run(capsys, "info", "missing/net.txt")
     assert code == 2 and "spec file 'missing/net.txt' does not exist" in err
+
+
+# -- warnings, interrupts, out of memory, and checks made before any long work --------------------------
+def test_warnings_print_as_one_line_each_and_stay_warnings_in_python(capsys, monkeypatch):
+    import warnings
+
+    import effscale.cli as cli
+
+    def noisy(args):
+        for message in ("skipped 2 unreadable image(s)", "skipped 2 unreadable image(s)", "second\nline"):
+            warnings.warn(message, UserWarning, stacklevel=2)
+
+    monkeypatch.setattr(cli, "cmd_models", noisy)
+    shown = warnings.showwarning
+    code, _, err = run(capsys, "models")
+    assert code == 0
+    assert err.splitlines() == ["effscale: warning: skipped 2 unreadable image(s)", "effscale: warning: second line"]
+    assert ".py:" not in err
+    assert warnings.showwarning is shown  # Python's own handling is back after the command
+    with pytest.warns(UserWarning) as caught:
+        noisy(None)
+    assert [str(w.message) for w in caught][:1] == ["skipped 2 unreadable image(s)"]
+
+
+def _fake_train_body(monkeypatch, error, checkpoint: bool):
+    from effscale.train import trainer
+
+    def body(config):
+        config.validate()
+        if checkpoint:
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+            (Path(config.out) / "checkpoint.pt").write_bytes(b"kept")
+        raise error
+
+    monkeypatch.setattr(trainer, "_train", body)
+
+
+def test_ctrl_c_in_train_keeps_the_checkpoint_and_prints_the_resume_command(capsys, monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    _fake_train_body(monkeypatch, KeyboardInterrupt(), checkpoint=True)
+    code, _, err = run(capsys, "train", "--data", "fashion-mnist", "--out", str(out), "--max-steps", "5")
+    assert code == 130 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"the last checkpoint {out / 'checkpoint.pt'} is kept" in err
+    assert err.strip().endswith(f"effscale train --data fashion-mnist --out {out} --max-steps 5 --resume")
+    assert (out / "checkpoint.pt").read_bytes() == b"kept"
+    _fake_train_body(monkeypatch, KeyboardInterrupt(), checkpoint=False)
+    code, _, err = run(capsys, "train", "--data", "fashion-mnist", "--out", str(tmp_path / "new"))
+    assert code == 130 and "before the first checkpoint" in err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                "allocate 9999 bytes"), MemoryError(),
+                                   RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")])
+def test_out_of_memory_in_train_is_one_line_suggesting_a_smaller_batch(capsys, monkeypatch, tmp_path, error):
+    _fake_train_body(monkeypatch, error, checkpoint=False)
+    code, _, err = run(capsys, "train", "--data", "fashion-mnist", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "out of memory" in err and "smaller --batch-size" in err
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("long work started before the arguments were checked")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "fashion-mnist", "--distill-temperature", "nan"], "distill_temperature=nan must be a finite"),
+    (["train", "--data", "fashion-mnist", "--distill-alpha", "nan"], "distill_alpha=nan must be a number in [0, 1]"),
+    (["train", "--data", "fashion-mnist", "--phi", "300"], "phi=300 gives the width multiplier"),
+    (["train", "--data", "fashion-mnist", "--model", "efficientnet_b0", "--phi", "15"],
+     "efficientnet_b0-phi15 has 6.65e+12 MACs per image, more than the 1e+12 effscale trains"),
+    (["search", "--model", "effscale_lab", "--data", "fashion-mnist", "--trials", "3"],
+     "trials=3 applies to the tpe sampler only"),
+    (["search", "--model", "effscale_lab", "--data", "fashion-mnist", "--phi", "300"], "phi=300 gives"),
+    (["study", "--model", "effscale_lab", "--data", "fashion-mnist", "--phi", "1e308"], "phi=1e+308 takes"),
+    (["study", "--model", "effscale_lab", "--data", "fashion-mnist", "--targets", "1e6", "--strategies", "compound"],
+     "target 1e+06x: the compound model has"),
+    (["demo", "--device", "typo.json"], "profile typo.json does not exist"),
+    (["profile", "--out", "/nonexistent-folder/x.json"], "folder '/nonexistent-folder' does not exist"),
+])
+def test_bad_arguments_fail_before_any_long_work(capsys, monkeypatch, tmp_path, argv, message):
+    import effscale.hardware as hardware
+    import effscale.search.coefficients as coefficients
+    import effscale.search.proxy as proxy
+    import effscale.search.study as study
+    from effscale.train import trainer
+
+    for module, name in ((proxy, "train_proxy"), (study, "train_proxy"), (coefficients, "train_proxy"),
+                         (hardware, "run_profile"), (trainer, "load_data")):
+        monkeypatch.setattr(module, name, _must_not_run)
+    out = tmp_path / "out"
+    if argv[0] != "profile":
+        argv = [*argv, "--out", str(out)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()  # nothing written
+
+
+def test_profile_out_that_is_a_folder(capsys, monkeypatch, tmp_path):
+    import effscale.hardware as hardware
+
+    monkeypatch.setattr(hardware, "run_profile", _must_not_run)
+    code, _, err = run(capsys, "profile", "--out", str(tmp_path))
+    assert code == 2 and "is a folder; give a file path" in err
+
+
+def test_unreadable_data_folder_is_one_line(capsys, monkeypatch, tmp_path):
+    from effscale.train import trainer
+
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    original = Path.iterdir
+
+    def denied(self):  # tests run as root here, where chmod 000 does not stop reading
+        if self == tmp_path / "data":
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    monkeypatch.setattr(trainer, "EfficientNet", _must_not_run)
+    code, _, err = run(capsys, "train", "--data", f"folder:{tmp_path / 'data'}", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot list the data folder '{tmp_path / 'data'}': Permission denied" in err
+
+
+def test_study_resumed_with_other_targets_or_strategies_is_refused_before_training(capsys, monkeypatch, tmp_path):
+    import effscale.search.study as study
+
+    trained = []
+
+    def interrupted(spec, *args, **kwargs):  # the first run stops at its first model, as on Ctrl-C
+        trained.append(spec.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "train_proxy", interrupted)
+    common = ["study", "--model", "effscale_lab", "--data", "fashion-mnist", "--budget", "tiny", "--out",
+              str(tmp_path / "study")]
+    code, _, err = run(capsys, *common, "--targets", "2", "--strategies", "compound")
+    assert code == 130 and "Resume with the same command" in err and trained
+    trained.clear()
+    for changed, differ in ((["--targets", "4", "--strategies", "compound"], "targets: [2.0] there, [4.0] now"),
+                            (["--targets", "2", "--strategies", "compound,width"], "strategies")):
+        code, _, err = run(capsys, *common, *changed)
+        assert code == 2 and "holds a study with other" in err and differ in err, err
+        assert trained == []  # refused before training anything
+
+
+def test_plan_method_help_names_the_real_default(capsys):
+    from effscale.hardware.latency import DEFAULT_METHOD
+
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_METHOD}" in out and "default: best" not in out

@@ -338,5 +338,18 @@ def test_errors_name_the_value(kwargs, message):
 def test_bad_model_argument():
     with pytest.raises(EffscaleError, match="efficientnet_b9"):
         cost("efficientnet_b9")
-    with pytest.raises(EffscaleError, match="got int"):
+    with pytest.raises(TypeError, match="got int"):
         cost(3)
+    with pytest.raises(TypeError, match="series_b0 is a series spec: use its analytic_cost"):
+        cost("series_b0")
+    with pytest.raises(EffscaleError, match=r"resolution=100000 must be an integer in \[32, 8192\]"):
+        cost("efficientnet_b0", resolution=100_000)
+
+
+def test_cost_of_spec_and_weights_files(tmp_path):
+    import effscale
+
+    spec = effscale.get_spec("efficientnet_lite0")
+    (tmp_path / "lite0.txt").write_text(spec.to_text())
+    weights = effscale.save_weights(effscale.create_model(spec, num_classes=3), tmp_path / "lite0.safetensors")
+    assert cost(tmp_path / "lite0.txt") == cost(spec) == cost(str(weights))

@@ -99,11 +99,11 @@ def test_scaled_rounds_depth_width_and_length_with_the_shared_helpers():
 
 
 def test_scaled_errors_name_the_minimum_multiplier():
-    with pytest.raises(EffscaleError, match=r"minimum is 16 samples \(multiplier >= 0\.125\)"):
+    with pytest.raises(EffscaleError, match=r"minimum is 16 samples\); allowed: 0\.09\d* <= resolution"):
         SERIES_B0.scaled(Coefficients(resolution=0.05))
-    with pytest.raises(EffscaleError, match=r"width multiplier 0\.05 .* must be >= 0\.0625"):
+    with pytest.raises(EffscaleError, match=r"width=0\.05 leaves .* allowed: 0\.0625 <= width"):
         SERIES_B0.scaled(Coefficients(width=0.05))
-    with pytest.raises(EffscaleError, match="must be a Coefficients"):
+    with pytest.raises(TypeError, match="must be a Coefficients"):
         SERIES_B0.scaled((1.2, 1.1, 1.15))
     assert SERIES_B0.scaled(Coefficients(resolution=0.125)).resolution == MIN_LENGTH
 

@@ -8,6 +8,7 @@ import effscale
 from effscale import Coefficients, EffscaleError, NetworkSpec, ScalingRule, StageSpec, compound, scale
 from effscale.nn import build_model
 from effscale.spec import EFFICIENTNET_B0, make_divisible
+from effscale.summary import describe
 
 # Exact parameter counts of the reference implementations (1000 classes).
 PUBLISHED_PARAMS = {
@@ -122,7 +123,8 @@ def test_scale_explicit_multipliers_match_named_member():
 def test_scale_errors_name_the_limit():
     with pytest.raises(EffscaleError, match=r"resolution .* minimum is 32 px"):
         compound(EFFICIENTNET_B0, -20)
-    with pytest.raises(EffscaleError, match=r"leaves stage 1 with .* channels"):
+    with pytest.raises(EffscaleError, match=r"width=0\.01 leaves stage 1 of efficientnet_b0 with 0\.16 channels "
+                                            r"\(< 1\); allowed: 0\.0625 <= width <= 51\.2"):
         scale(EFFICIENTNET_B0, Coefficients(width=0.01))
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(EffscaleError, match="must be a finite number > 0"):
@@ -179,6 +181,12 @@ def test_text_form_is_readable():
     ("network x\nmbconv rX", r"'X' is not a int"),
     ("network x\nwideconv r1", r"block type 'wideconv' is unknown"),
     ("network x", "at least one stage"),
+    ("network x\nmbconv r100000 k3 s1 e1 c16", r"repeats=100000 must be an integer in \[1, 1000\]"),
+    ("network x\nmbconv r600 k3 s1 e1 c16\nmbconv r600 k3 s1 e1 c16", "has 1200 blocks; effscale's limit is 1000"),
+    ("network x head=9999999\nmbconv r1 k3 s1 e1 c16", "head_channels=9999999 must be <= 65536"),
+    ("network x res=99999\nmbconv r1 k3 s1 e1 c16", "resolution=99999 must be <= 8192 px"),
+    ("network x dropout=nan\nmbconv r1 k3 s1 e1 c16", "dropout=nan must be in"),
+    ("network x\nmbconv r1 k3 s1 e1e9 c16", "expand_ratio=1000000000.0 must be a finite number in"),
 ])
 def test_text_form_errors(text, match):
     with pytest.raises(EffscaleError, match=match):
@@ -191,3 +199,97 @@ def test_blocks_drop_path_schedule_is_linear():
     assert len(rates) == 16 and rates[0] == 0
     assert rates == pytest.approx([0.2 * i / 16 for i in range(16)])
     assert [b.se_channels for b in spec.blocks()][:3] == [8, 4, 6]  # 0.25 of the block *input* channels
+
+
+# -- errors in the user's terms; limits; names accepted by the public API ------------------------------
+def test_compound_error_names_phi_then_cause_then_allowed_range():
+    with pytest.raises(EffscaleError) as caught:
+        compound(EFFICIENTNET_B0, -40)
+    message = str(caught.value)
+    assert message.startswith("phi=-40 gives the width multiplier beta**phi = 0.02209, which leaves stage 1 of "
+                              "efficientnet_b0 with 0.354 channels (< 1); allowed for efficientnet_b0 under "
+                              "alpha=1.2, beta=1.1, gamma=1.15: ")
+    low, high = effscale.scaling.phi_range(EFFICIENTNET_B0)
+    assert f"{low:g} <= phi <= {high:g}" in message
+    # the bounds are the real edges: legal at the bound, an error 0.01 past it
+    compound(EFFICIENTNET_B0, low), compound(EFFICIENTNET_B0, high)
+    for outside in (low - 0.01, high + 0.01):
+        with pytest.raises(EffscaleError, match=f"phi={outside:g} "):
+            compound(EFFICIENTNET_B0, outside)
+    # another rule, another range
+    assert effscale.scaling.phi_range(EFFICIENTNET_B0, ScalingRule(1.0, 1.0, 2.0))[0] > low
+
+
+@pytest.mark.parametrize("phi, cause", [
+    (300, r"phi=300 gives the width multiplier beta\*\*phi = 2\.617e\+12, which puts .* channels in the head"),
+    (23, r"phi=23 gives the depth multiplier alpha\*\*phi = 66\.25, which makes efficientnet_b0 1063 blocks deep "
+         r"\(the limit is 1000\)"),
+    (1e308, r"phi=1e\+308 takes alpha\*\*phi, beta\*\*phi or gamma\*\*phi .* out of the range of a float"),
+    (-1e308, r"phi=-1e\+308 takes"),
+])
+def test_huge_phi_is_a_quick_error_naming_the_range(phi, cause):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(EffscaleError, match=cause + r".*allowed for efficientnet_b0 .*: -14\.87 <= phi <= 22\.66"):
+        compound(EFFICIENTNET_B0, phi)
+    assert time.perf_counter() - started < 2  # it used to build a 1e23-block spec and hang
+
+
+@pytest.mark.parametrize("coefficients, message", [
+    (dict(depth=1e9), r"depth=1e\+09 makes efficientnet_b0 1\.6e\+10 blocks deep \(the limit is 1000\); "
+                      r"allowed: depth <= 62\.3"),
+    (dict(width=1e200), r"width=1e\+200 puts 1\.28e\+203 channels in the head .*allowed: 0\.0625 <= width <= 51\.2"),
+    (dict(resolution=1e300), r"resolution=1e\+300 takes efficientnet_b0's 224 px to 2\.24e\+302 px \(the limit is "
+                             r"8192 px\); allowed: 0\.1\d* <= resolution <= 36\.\d"),
+])
+def test_huge_multipliers_are_errors_naming_the_limit(coefficients, message):
+    with pytest.raises(effscale.ScaleLimitError, match=message):
+        scale(EFFICIENTNET_B0, Coefficients(**coefficients))
+    limit = effscale.scaling.multiplier_range(EFFICIENTNET_B0, next(iter(coefficients)))[1]
+    scale(EFFICIENTNET_B0, Coefficients(**{next(iter(coefficients)): limit}))  # the stated limit is legal
+
+
+def test_public_functions_take_any_model_reference(tmp_path):
+    b0 = effscale.get_spec("efficientnet_b0")
+    text_file = tmp_path / "b0.txt"
+    text_file.write_text(b0.to_text())
+    model = effscale.create_model(b0, num_classes=10)
+    weights = effscale.save_weights(model, tmp_path / "b0.safetensors")
+    for ref in ("efficientnet_b0", b0, str(text_file), text_file, str(weights), model):
+        assert effscale.resolve_spec(ref) == b0
+        assert effscale.compound(ref, 1.0) == compound(b0, 1.0)
+        assert effscale.scale(ref, Coefficients(width=0.5)) == scale(b0, Coefficients(width=0.5))
+        assert describe(ref)["spec"] == b0.to_text()
+    assert effscale.cost("efficientnet_b0") == effscale.cost(b0) == effscale.cost(text_file)
+    assert effscale.cost(model).num_classes == 10  # a built model counts its own head
+    assert effscale.resolve_spec("efficientnet_b0", padding="same").padding == "same"
+    from effscale.series import SERIES_B0
+
+    assert effscale.compound("series_b0", 1.0) == compound(SERIES_B0, 1.0)
+
+
+@pytest.mark.parametrize("bad", [3, None, 1.5, b"efficientnet_b0", ["efficientnet_b0"], {"name": "x"}, object()])
+def test_wrong_types_are_type_errors_naming_the_type(bad):
+    calls = [lambda: effscale.compound(bad, 1.0), lambda: effscale.scale(bad, Coefficients()),
+             lambda: effscale.cost(bad), lambda: describe(bad), lambda: effscale.resolve_spec(bad)]
+    for call in calls:
+        with pytest.raises(TypeError, match=f"got {type(bad).__name__}"):
+            call()
+    # the pure functions of scaling.py take specs only, and say so (not AttributeError)
+    with pytest.raises(TypeError, match="compound\\(\\) takes a NetworkSpec .* got str"):
+        effscale.scaling.compound("efficientnet_b0", 1.0)
+    with pytest.raises(TypeError, match="got float"):
+        effscale.scale("efficientnet_b0", 2.0)
+    with pytest.raises(TypeError, match="rule=ScalingRule"):
+        effscale.compound("efficientnet_b0", 1.0, (1.2, 1.1, 1.15))
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("/", "'/' is a directory; give a model name"), ("/dev/null", "is not a regular file"),
+    ("missing/net.txt", "spec file 'missing/net.txt' does not exist"), ("", "is empty"),
+    ("efficientnet_b9", "did you mean efficientnet_b8"),
+])
+def test_references_that_name_nothing_are_effscale_errors(ref, message):
+    with pytest.raises(EffscaleError, match=message):
+        effscale.resolve_spec(ref)

@@ -2,14 +2,16 @@
 from .cost import Cost, LayerCost, cost
 from .errors import EffscaleError
 from .model import create_model
-from .scaling import Coefficients, Scalable, ScalingRule, compound, scale
+from .scaling import Coefficients, Scalable, ScalingRule, ScaleLimitError
 from .spec import BlockSpec, NetworkSpec, StageSpec
 from .weights import load_weights, save_weights
-from .zoo import get_spec, list_models
+# compound / scale / cost take any model reference (name, spec, spec file, weights file, built model)
+from .zoo import compound, get_spec, list_models, resolve_spec, scale
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSpec", "Coefficients", "Cost", "EffscaleError", "LayerCost", "NetworkSpec", "Scalable", "ScalingRule", "StageSpec",
-    "compound", "cost", "create_model", "get_spec", "list_models", "load_weights", "save_weights", "scale",
+    "BlockSpec", "Coefficients", "Cost", "EffscaleError", "LayerCost", "NetworkSpec", "Scalable", "ScaleLimitError",
+    "ScalingRule", "StageSpec", "compound", "cost", "create_model", "get_spec", "list_models", "load_weights",
+    "resolve_spec", "save_weights", "scale",
 ]

@@ -103,7 +103,7 @@ def cmd_train(args) -> None:
         "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
         "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
         "distill_alpha", "distill_temperature")}
-    summary = train(TrainConfig(**options, command="effscale " + " ".join(sys.argv[1:])))
+    summary = train(TrainConfig(**options, command=_command_line(args)))
     if args.json:
         return _print_json(summary)
     print(f"test top-1 {summary['test_top1']:.2f} %, top-5 {summary['test_top5']:.2f} % | "
@@ -126,10 +126,11 @@ def cmd_eval(args) -> None:
             for i, (name, row) in enumerate(zip(classes, result["confusion"]))])
 
 
-def _command_line() -> str:
+def _command_line(args, *extra: str) -> str:
+    """The command as typed (the argv given to `main`), with `extra` arguments appended."""
     import shlex
 
-    return "effscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "effscale " + " ".join(shlex.quote(a) for a in [*args.argv, *extra])
 
 
 def _rule(args):
@@ -165,7 +166,7 @@ def cmd_study(args) -> None:
     result = run_study(StudyConfig(
         model=args.model, data=args.data, out=args.out, targets=_numbers(args.targets, "--targets"),
         seeds=args.seeds, phi=args.phi, budget=args.budget, rule=_rule(args), strategies=strategies,
-        progress=not args.json, command=_command_line()))
+        progress=not args.json, command=_command_line(args)))
     if args.json:
         return _print_json(result)
     _table(f"{result['base']} on {result['data']}: mean over {result['seeds']} seed(s)",
@@ -180,7 +181,7 @@ def cmd_demo(args) -> None:
     from .search import run_demo
 
     result = run_demo(args.out, quick=args.quick, latency_ms=args.latency_ms, device=args.device,
-                      progress=not args.json)
+                      progress=not args.json, time_budget_s=args.time_budget)
     if args.json:
         return _print_json(result)
     rule, chosen = result["rule"], result["chosen"]
@@ -197,20 +198,35 @@ def _numbers(text: str, option: str) -> list[float]:
         raise EffscaleError(f"{option} {text!r} must be comma-separated numbers, e.g. 2,4,8") from None
 
 
-def cmd_profile(args) -> None:
-    import warnings
+def _check_writable_file(path: str, option: str) -> None:
+    """Fail now, not after minutes of measuring, when `path` cannot be written: its folder must
+    exist and take a new file, and `path` must not be a folder."""
+    import os
+    import tempfile
 
+    target = os.path.abspath(os.path.expanduser(path))
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise EffscaleError(f"{option} {path!r} is a folder; give a file path such as {os.path.join(path, 'device.json')!r}")
+    if not os.path.isdir(folder):
+        raise EffscaleError(f"{option} {path!r}: folder {folder!r} does not exist; create it or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".effscale-write-test-"):
+            pass
+    except OSError as error:
+        raise EffscaleError(f"{option} {path!r}: cannot write in {folder!r} ({error.strerror or error}); "
+                            "choose another path") from None
+
+
+def cmd_profile(args) -> None:
     from .hardware import load_profile, run_profile
 
     if args.show:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            profile, path = load_profile(args.show), args.show
-        for warning in caught:
-            print(f"effscale: warning: {warning.message}", file=sys.stderr)
+        profile, path = load_profile(args.show), args.show
     else:
+        _check_writable_file(args.out, "--out")
         profile = run_profile(threads=args.threads, precision=args.precision, quick=args.quick,
-                              progress=not args.json, _tiny=args.tiny)
+                              progress=not args.json, strict=args.strict, _tiny=args.tiny)
         path = profile.save(args.out)
     if args.json:
         return _print_json(profile.to_dict())
@@ -226,21 +242,15 @@ def cmd_profile(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    import warnings
-
     from .hardware import load_profile
     from .hardware.plan import plan
     from .summary import load_spec
 
-    with warnings.catch_warnings(record=True) as caught:  # a profile from elsewhere: one line each
-        warnings.simplefilter("always")
-        profile = load_profile(args.device)
-    for warning in caught:
-        print(f"effscale: warning: {warning.message}", file=sys.stderr)
+    profile = load_profile(args.device)
     result = plan(profile, latency_ms=args.latency_ms, memory_mb=args.memory_mb, energy_mj=args.energy_mj,
                   sustained=args.sustained, batch=args.batch, free_coefficients=args.free_coefficients,
                   accuracy=args.accuracy_from, base=load_spec(args.base), rule=_rule(args),
-                  verify=not args.no_verify,
+                  verify=not args.no_verify, anchor=not args.no_anchor,
                   method=args.method, spec_out=args.spec_out,
                   progress=not args.json and sys.stderr.isatty()).to_dict()
     if args.json:
@@ -269,6 +279,11 @@ def cmd_plan(args) -> None:
         _table("verification attempts", ["model", "MACs", "predicted ms", "measured ms", "fits"],
                [[a["name"], _human(a["macs"]), f"{a['predicted_ms']:.3g}", f"{a['measured_ms']:.3g}",
                  "yes" if a["fits"] else "no"] for a in result["attempts"]])
+    if result["anchor"]:
+        anchor = result["anchor"]
+        print("predictions re-anchored x{:.3f}: ".format(anchor["factor"])
+              + ", ".join(f"{m['name']} {m['measured_ms']:.3g} ms now vs {m['profiled_ms']:.3g} ms profiled"
+                          for m in anchor["members"]))
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"train it: {result['train_command']}")
@@ -323,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="global batch per optimizer step")
     train.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--precision", choices=["bf16", "fp32", "fp16"])
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32", "fp16"],
+                       help="auto: bf16 where the CPU/GPU computes it natively, else fp32 (the paper recipe's "
+                            "default; the quick recipe trains in fp32)")
     train.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps")
     train.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     train.add_argument("--init", help="start from these weights (effscale file, run dir, or foreign checkpoint)")
@@ -385,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--latency-ms", type=float, help="latency budget (default: 2x the base model's here)")
     demo.add_argument("--device", help="a profile from `effscale profile`: plan the latency step with it (predict, "
                                        "then measure) instead of timing the trained family only")
+    demo.add_argument("--time-budget", type=float, metavar="SECONDS",
+                      help="finish within this many seconds: the demo times this machine first and scales its "
+                           "proxy budget and targets down to fit (default 600, --quick 120)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -394,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats (< 3 minutes)")
     profile.add_argument("--show", metavar="PATH", help="validate and summarise a saved profile instead of measuring")
+    profile.add_argument("--strict", action="store_true",
+                         help="refuse (exit 2, nothing saved) when other processes disturb the measurement, "
+                              "instead of warning and recording it in the profile")
     profile.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-sized, for the test suite
     profile.add_argument("--json", action="store_true", help="print the profile JSON (no progress bar)")
     profile.set_defaults(func=cmd_profile)
@@ -417,25 +440,88 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "from `effscale search`)")
     plan.add_argument("--beta", type=float, help="default 1.1")
     plan.add_argument("--gamma", type=float, help="default 1.15")
-    plan.add_argument("--method", choices=["lut", "affine", "roofline"], help="latency predictor (default: best)")
+    plan.add_argument("--method", choices=["lut", "affine", "roofline"],
+                      help="latency predictor (default: lut, the per-layer table corrected by the whole networks "
+                           "measured; affine and roofline are simpler fits)")
     plan.add_argument("--no-verify", action="store_true", help="do not measure the chosen model")
+    plan.add_argument("--no-anchor", action="store_true",
+                      help="predict at the profile's saved level instead of re-timing two of its networks first "
+                           "(a second or two) to predict at this machine's level now")
     plan.add_argument("--spec-out", metavar="FILE", help="write the chosen spec text here (for the train command)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=cmd_plan)
     return parser
 
 
+class _WarningLines:
+    """Warnings on the command line: `effscale: warning: <message>` on stderr, once per message,
+    without the source path and line number Python prints (from Python they stay warnings)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._saved = warnings.catch_warnings()
+        self._saved.__enter__()
+        self._seen: set[str] = set()
+        warnings.showwarning = self._show
+        return self
+
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        if text not in self._seen:
+            self._seen.add(text)
+            print(f"effscale: warning: {text}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        return self._saved.__exit__(*exc)
+
+
+def _interrupted(args) -> str:
+    """What Ctrl-C leaves behind and how to continue, for the command that was running."""
+    if args.command == "train":
+        from pathlib import Path
+
+        from .train.checkpoint import CHECKPOINT_NAME
+
+        checkpoint = Path(args.out) / CHECKPOINT_NAME
+        if not checkpoint.is_file():
+            return "interrupted before the first checkpoint; run the same command again to start over"
+        resume = () if args.resume else ("--resume",)
+        return f"interrupted; the last checkpoint {checkpoint} is kept. Continue with: {_command_line(args, *resume)}"
+    if args.command in ("search", "study", "demo"):
+        return f"interrupted; finished work is kept. Resume with the same command: {_command_line(args)}"
+    return "interrupted"
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except EffscaleError as error:
-        # API messages may list details on several lines; the command line prints one.
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"effscale: error: {message}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `effscale models | head`
-        return 0
+    args.argv = argv
+    with _WarningLines():
+        try:
+            args.func(args)
+        except EffscaleError as error:
+            # API messages may list details on several lines; the command line prints one.
+            message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            print(f"effscale: error: {message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"effscale: {_interrupted(args)}", file=sys.stderr)
+            return 130
+        except (MemoryError, RuntimeError) as error:
+            if not _is_out_of_memory(error):
+                raise
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            print(f"effscale: error: out of memory ({first}); use a smaller --batch-size (or a smaller model / "
+                  "resolution)", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `effscale models | head`
+            return 0
     return 0
 
 

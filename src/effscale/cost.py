@@ -73,7 +73,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import EffscaleError
-from .spec import MIN_RESOLUTION, STEM_KERNEL, STEM_STRIDE, BlockSpec, NetworkSpec
+from .spec import MAX_RESOLUTION, MIN_RESOLUTION, STEM_KERNEL, STEM_STRIDE, BlockSpec, NetworkSpec
+from .zoo import resolve_spec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 MAC_KINDS = frozenset({"conv", "pointwise", "depthwise", "se_reduce", "se_expand", "linear"})
@@ -263,40 +264,43 @@ class _Pass:
         return peak * self.itemsize
 
 
-def _check_int(name: str, value, minimum: int) -> int:
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EffscaleError(f"{name}={value!r} must be an integer >= {minimum}")
+        raise EffscaleError(f"{name}={value!r:.60} must be an integer >= {minimum}"
+                            + (f" and <= {maximum}" if maximum is not None else ""))
+    if maximum is not None and value > maximum:
+        raise EffscaleError(f"{name}={value!r} must be an integer in [{minimum}, {maximum}]")
     return value
 
 
 def _resolve(spec_or_model, num_classes: int, in_chans: int) -> tuple[NetworkSpec, int, int, bool]:
-    if isinstance(spec_or_model, NetworkSpec):
-        return spec_or_model, num_classes, in_chans, False
-    if isinstance(spec_or_model, str):
-        from .zoo import get_spec
-        return get_spec(spec_or_model), num_classes, in_chans, False
     spec = getattr(spec_or_model, "spec", None)
-    if isinstance(spec, NetworkSpec):  # a built EfficientNet: its own head and input width count
+    if isinstance(spec, NetworkSpec) and not isinstance(spec_or_model, NetworkSpec):
+        # a built EfficientNet: its own head and input width count
         return (spec, getattr(spec_or_model, "num_classes", num_classes),
                 getattr(spec_or_model, "in_chans", in_chans), bool(getattr(spec_or_model, "features_only", False)))
-    raise EffscaleError(f"cost() takes a NetworkSpec, a model name or a built EfficientNet, "
-                        f"got {type(spec_or_model).__name__}")
+    spec = resolve_spec(spec_or_model)  # a name, spec, spec file or weights file; TypeError for anything else
+    if not isinstance(spec, NetworkSpec):
+        raise TypeError(f"cost() counts image networks (NetworkSpec); {spec.name} is a {spec.kind} spec: use "
+                        "its analytic_cost()")
+    return spec, num_classes, in_chans, False
 
 
 def cost(spec_or_model, resolution: int | None = None, batch: int = 1, dtype: str = "fp32",
          num_classes: int = 1000, in_chans: int = 3) -> Cost:
     """Analytic cost of one inference pass at `resolution` (default: the spec's), `batch`, `dtype`.
 
-    `spec_or_model` is a NetworkSpec, a model name (see `list_models()`) or a built
-    EfficientNet, whose own `num_classes`, `in_chans` and `features_only` are used (a
-    features_only model has no head, pool or classifier). `dtype` is one of fp32, bf16, fp16,
+    `spec_or_model` is a built EfficientNet, whose own `num_classes`, `in_chans` and
+    `features_only` are used (a features_only model has no head, pool or classifier), or any
+    other model reference `zoo.resolve_spec` takes: a NetworkSpec, a model name (see
+    `list_models()`), a spec text file or an effscale weights file. `dtype` is one of fp32, bf16, fp16,
     int8 and sets the bytes per element of activations and weights alike.
     """
     spec, num_classes, in_chans, features_only = _resolve(spec_or_model, num_classes, in_chans)
     if dtype not in DTYPE_BYTES:
         raise EffscaleError(f"dtype={dtype!r} is unknown; allowed: {', '.join(DTYPE_BYTES)}")
     resolution = spec.resolution if resolution is None else resolution
-    _check_int("resolution", resolution, MIN_RESOLUTION)
+    _check_int("resolution", resolution, MIN_RESOLUTION, MAX_RESOLUTION)
     _check_int("batch", batch, 1)
     _check_int("num_classes", num_classes, 0)
     _check_int("in_chans", in_chans, 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +28,17 @@ BLOCK_TYPES = ("mbconv", "fused_mbconv")
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
 PADDINGS = ("symmetric", "same")
 MIN_RESOLUTION = 32
+# Size limits far above any published member (EfficientNet-L2: 88 blocks, 5504 channels, 800 px),
+# so that a typo (phi 300 for 3.0, depth 1e9) is an error naming the limit instead of a spec whose
+# block list, cost walk or module takes hours or all memory to build.
+MAX_BLOCKS = 1000
+MAX_CHANNELS = 65536
+MAX_RESOLUTION = 8192
+MAX_KERNEL = 31
+MAX_EXPAND_RATIO = 64
+# The most multiply-accumulates per example that train / search / study will train (27x
+# EfficientNet-B7's 37 G): above it a run on any machine effscale targets takes years, not hours.
+MAX_TRAIN_MACS = 10 ** 12
 STEM_KERNEL = 3
 STEM_STRIDE = 2
 
@@ -34,6 +46,26 @@ STEM_STRIDE = 2
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise EffscaleError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_size_limits(spec, *, max_resolution: int = MAX_RESOLUTION, unit: str = "px") -> None:
+    """Refuse a spec beyond the size limits (MAX_BLOCKS blocks, MAX_CHANNELS channels, the
+    resolution limit); shared by every family whose specs have stages, stem, head and resolution."""
+    _check(spec.num_blocks <= MAX_BLOCKS,
+           f"{spec.name} has {spec.num_blocks} blocks; effscale's limit is {MAX_BLOCKS}")
+    for key in ("stem_channels", "head_channels"):
+        value = getattr(spec, key)
+        _check(value <= MAX_CHANNELS, f"{key}={value!r} must be <= {MAX_CHANNELS}")
+    _check(spec.resolution <= max_resolution,
+           f"resolution={spec.resolution!r} must be <= {max_resolution} {unit}")
 
 
 def _fmt_num(value: float) -> str:
@@ -56,16 +88,18 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         _check(self.block in BLOCK_TYPES, f"block type {self.block!r} is unknown; allowed: {', '.join(BLOCK_TYPES)}")
-        _check(isinstance(self.repeats, int) and self.repeats >= 1, f"repeats={self.repeats!r} must be an integer >= 1")
-        _check(isinstance(self.kernel, int) and self.kernel >= 1 and self.kernel % 2 == 1,
-               f"kernel={self.kernel!r} must be an odd integer >= 1")
-        _check(self.stride in (1, 2), f"stride={self.stride!r} must be 1 or 2")
-        _check(math.isfinite(self.expand_ratio) and self.expand_ratio >= 1,
-               f"expand_ratio={self.expand_ratio!r} must be a finite number >= 1")
-        _check(isinstance(self.out_channels, int) and self.out_channels >= 1,
-               f"out_channels={self.out_channels!r} must be an integer >= 1")
-        _check(math.isfinite(self.se_ratio) and 0 <= self.se_ratio <= 1,
+        _check(_is_int(self.repeats) and 1 <= self.repeats <= MAX_BLOCKS,
+               f"repeats={self.repeats!r} must be an integer in [1, {MAX_BLOCKS}]")
+        _check(_is_int(self.kernel) and 1 <= self.kernel <= MAX_KERNEL and self.kernel % 2 == 1,
+               f"kernel={self.kernel!r} must be an odd integer in [1, {MAX_KERNEL}]")
+        _check(_is_int(self.stride) and self.stride in (1, 2), f"stride={self.stride!r} must be 1 or 2")
+        _check(_is_number(self.expand_ratio) and 1 <= self.expand_ratio <= MAX_EXPAND_RATIO,
+               f"expand_ratio={self.expand_ratio!r} must be a finite number in [1, {MAX_EXPAND_RATIO}]")
+        _check(_is_int(self.out_channels) and 1 <= self.out_channels <= MAX_CHANNELS,
+               f"out_channels={self.out_channels!r} must be an integer in [1, {MAX_CHANNELS}]")
+        _check(_is_number(self.se_ratio) and 0 <= self.se_ratio <= 1,
                f"se_ratio={self.se_ratio!r} must be in [0, 1]")
+        _check(isinstance(self.scale_depth, bool), f"scale_depth={self.scale_depth!r} must be True or False")
 
     def to_text(self) -> str:
         tokens = [self.block, f"r{self.repeats}", f"k{self.kernel}", f"s{self.stride}",
@@ -165,28 +199,38 @@ class NetworkSpec:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and not any(c.isspace() for c in self.name),
+        _check(isinstance(self.name, str) and bool(self.name) and not any(c.isspace() for c in self.name),
                f"name={self.name!r} must be non-empty and contain no spaces")
+        _check(isinstance(self.stages, (tuple, list)), f"stages must be a tuple of StageSpec rows, "
+                                                        f"got {type(self.stages).__name__}")
         object.__setattr__(self, "stages", tuple(self.stages))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            _check(isinstance(value, (tuple, list)) and all(_is_number(v) for v in value),
+                   f"{key}={value!r} must be 3 finite numbers")
+            object.__setattr__(self, key, tuple(float(v) for v in value))
         _check(len(self.stages) >= 1, "a network needs at least one stage")
         _check(all(isinstance(s, StageSpec) for s in self.stages), "stages must be StageSpec rows")
         for key in ("stem_channels", "head_channels", "divisor"):
             value = getattr(self, key)
-            _check(isinstance(value, int) and value >= 1, f"{key}={value!r} must be an integer >= 1")
-        _check(isinstance(self.resolution, int) and self.resolution >= MIN_RESOLUTION,
+            _check(_is_int(value) and value >= 1, f"{key}={value!r} must be an integer >= 1")
+        _check(_is_int(self.resolution) and self.resolution >= MIN_RESOLUTION,
                f"resolution={self.resolution!r} must be an integer >= {MIN_RESOLUTION}")
+        check_size_limits(self)
         _check(self.activation in ACTIVATIONS,
                f"activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
         _check(self.padding in PADDINGS, f"padding={self.padding!r} is unknown; allowed: {', '.join(PADDINGS)}")
-        _check(0 <= self.dropout < 1, f"dropout={self.dropout!r} must be in [0, 1)")
-        _check(0 <= self.drop_path_rate < 1, f"drop_path_rate={self.drop_path_rate!r} must be in [0, 1)")
-        _check(0 < self.bn_eps < 1, f"bn_eps={self.bn_eps!r} must be in (0, 1)")
-        _check(0 < self.bn_momentum <= 1, f"bn_momentum={self.bn_momentum!r} must be in (0, 1]")
-        _check(len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std),
+        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, f"dropout={self.dropout!r} must be in [0, 1)")
+        _check(_is_number(self.drop_path_rate) and 0 <= self.drop_path_rate < 1,
+               f"drop_path_rate={self.drop_path_rate!r} must be in [0, 1)")
+        _check(_is_number(self.bn_eps) and 0 < self.bn_eps < 1, f"bn_eps={self.bn_eps!r} must be in (0, 1)")
+        _check(_is_number(self.bn_momentum) and 0 < self.bn_momentum <= 1,
+               f"bn_momentum={self.bn_momentum!r} must be in (0, 1]")
+        _check(len(self.mean) == 3 and len(self.std) == 3 and all(map(math.isfinite, self.mean + self.std))
+               and all(s > 0 for s in self.std),
                f"mean={self.mean!r} and std={self.std!r} must be 3 numbers each, std > 0")
-        _check(0 < self.crop_pct <= 1, f"crop_pct={self.crop_pct!r} must be in (0, 1]")
+        _check(_is_number(self.crop_pct) and 0 < self.crop_pct <= 1, f"crop_pct={self.crop_pct!r} must be in (0, 1]")
+        _check(isinstance(self.scale_stem_head, bool), f"scale_stem_head={self.scale_stem_head!r} must be True or False")
 
     # -- derived structure -------------------------------------------------------------
     @property
@@ -273,6 +317,8 @@ class NetworkSpec:
 
     @classmethod
     def from_text(cls, text: str) -> "NetworkSpec":
+        if not isinstance(text, str):
+            raise TypeError(f"NetworkSpec.from_text takes the spec text (str), got {type(text).__name__}")
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         _check(bool(lines) and lines[0].startswith("network "),
                "spec text must start with a 'network NAME key=value ...' line")

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from .cost import cost
 from .errors import EffscaleError
 from .scaling import Coefficients, ScalingRule, compound, scale
-from .spec import MIN_RESOLUTION, NetworkSpec
-from .zoo import get_spec, list_models
+from .spec import MAX_RESOLUTION, MIN_RESOLUTION, NetworkSpec
+from .zoo import get_spec, list_models, resolve_spec
 
 
 def model_table() -> list[dict]:
@@ -22,21 +20,15 @@ def model_table() -> list[dict]:
 
 
 def load_spec(name_or_path: str | os.PathLike) -> NetworkSpec:
-    """A named model, a spec text file (`NetworkSpec.to_text()`), or an effscale weights file."""
-    path = Path(name_or_path)
-    if str(name_or_path) in list_models():
-        return get_spec(str(name_or_path))
-    if not path.exists():
-        if path.suffix or len(path.parts) > 1:  # looks like a path, not a model name
-            raise EffscaleError(f"spec file {str(path)!r} does not exist")
-        return get_spec(str(name_or_path))
-    if path.suffix == ".safetensors":
-        from .weights import read_metadata
-        return NetworkSpec.from_text(read_metadata(path)["spec"])
-    try:
-        return NetworkSpec.from_text(path.read_text())
-    except UnicodeDecodeError:
-        raise EffscaleError(f"{path} is neither a spec text file nor an effscale .safetensors file") from None
+    """An image model's spec from a name, a spec text file (`NetworkSpec.to_text()`) or an effscale
+    weights file (`zoo.resolve_spec` on a name or path, restricted to image models)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_spec() takes a model name or a path, got {type(name_or_path).__name__}")
+    spec = resolve_spec(name_or_path)
+    if not isinstance(spec, NetworkSpec):
+        raise EffscaleError(f"{os.fspath(name_or_path)!r} is a {spec.kind} model; this takes an image model "
+                            "(see `effscale models`)")
+    return spec
 
 
 def scaled_spec(base: NetworkSpec, *, phi: float | None = None, rule: ScalingRule | None = None,
@@ -55,15 +47,20 @@ def scaled_spec(base: NetworkSpec, *, phi: float | None = None, rule: ScalingRul
     else:
         spec = base
     if image_size is not None:
-        if not isinstance(image_size, int) or image_size < MIN_RESOLUTION:
-            raise EffscaleError(f"image size {image_size!r} must be an integer >= {MIN_RESOLUTION} px")
+        if not isinstance(image_size, int) or not MIN_RESOLUTION <= image_size <= MAX_RESOLUTION:
+            raise EffscaleError(f"image size {image_size!r} must be an integer >= {MIN_RESOLUTION} px and "
+                                f"<= {MAX_RESOLUTION} px")
         spec = spec.replace(resolution=image_size)
     return spec
 
 
-def describe(spec: NetworkSpec, *, layers: bool = False, batch: int = 1) -> dict:
-    """The spec's text form with its analytic cost totals (and per-layer rows when asked)."""
+def describe(spec, *, layers: bool = False, batch: int = 1) -> dict:
+    """The spec's text form with its analytic cost totals (and per-layer rows when asked).
+
+    `spec` is any model reference `zoo.resolve_spec` takes (a name, spec, spec file, weights
+    file or built model); a built model's own classes and input channels are counted."""
     c = cost(spec, batch=batch)
+    spec = resolve_spec(spec)
     info = {"name": spec.name, "spec": spec.to_text(), "resolution": spec.resolution,
             "params": c.params, "macs": c.macs, "activations": c.activations,
             "peak_activation_bytes": c.peak_activation_bytes, "bytes_read": c.bytes_read,

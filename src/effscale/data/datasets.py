@@ -153,10 +153,19 @@ def _directory(location: str, spec: str) -> Path:
     if not location.strip():
         raise EffscaleError(f"data spec {spec!r} names no directory; allowed: {SPEC_FORMS}")
     path = Path(location.strip()).expanduser()
+    try:
+        path.stat()
+    except PermissionError:
+        raise EffscaleError(f"data directory {str(path)!r} (from {spec!r}) cannot be reached (permission denied "
+                            "on a folder above it)") from None
+    except (OSError, ValueError):
+        pass  # missing or malformed: said below
     if not path.exists():
         raise EffscaleError(f"data directory {str(path)!r} (from {spec!r}) does not exist")
     if not path.is_dir():
         raise EffscaleError(f"data path {str(path)!r} (from {spec!r}) is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise EffscaleError(f"data directory {str(path)!r} (from {spec!r}) is not readable (permission denied)")
     return path
 
 

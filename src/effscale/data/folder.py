@@ -102,16 +102,22 @@ def load_folder(root: Path, source: str, *, split_fraction: float = 0.1, seed: i
 
 def class_files(directory: Path) -> dict[str, list[Path]]:
     """{class name: its image files}, classes sorted; an empty class folder is an error naming it."""
-    class_dirs = sorted((entry for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
-                        key=lambda entry: entry.name)
+    try:
+        class_dirs = sorted((entry for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
+                            key=lambda entry: entry.name)
+    except OSError as error:  # unreadable (permissions), vanished, or not a folder after all
+        raise EffscaleError(f"cannot list the data folder {str(directory)!r}: {error.strerror or error}") from None
     if not class_dirs:
         raise EffscaleError(f"{str(directory)!r} has no class subfolders (expected one folder of images per class)")
     found = {}
     for class_dir in class_dirs:
-        files = sorted((path for path in class_dir.rglob("*")
-                        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-                        and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)),
-                       key=lambda path: path.relative_to(class_dir).as_posix())
+        try:
+            files = sorted((path for path in class_dir.rglob("*")
+                            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+                            and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)),
+                           key=lambda path: path.relative_to(class_dir).as_posix())
+        except OSError as error:
+            raise EffscaleError(f"cannot list the class folder {str(class_dir)!r}: {error.strerror or error}") from None
         if not files:
             raise EffscaleError(f"class folder {str(class_dir)!r} has no images "
                                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})")

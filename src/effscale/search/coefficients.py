@@ -155,6 +155,9 @@ class CoefficientSearch:
         (self.target,) = check_targets([config.target])
         if config.sampler == "tpe" and (not isinstance(config.trials, int) or config.trials < 1):
             raise EffscaleError(f"trials={config.trials!r}: the tpe sampler needs --trials N (an integer >= 1)")
+        if config.sampler == "grid" and config.trials is not None:
+            raise EffscaleError(f"trials={config.trials!r} applies to the tpe sampler only; the grid sampler runs every "
+                                "grid point once (set its size with --alpha-grid / --beta-grid, or use --sampler tpe)")
         default_alpha, default_beta = GRIDS[self.budget.name] if self.budget.name in GRIDS else GRIDS["quick"]
         self.alphas = parse_range(config.alpha_grid or default_alpha, "alpha")
         self.betas = parse_range(config.beta_grid or default_beta, "beta")
@@ -164,6 +167,7 @@ class CoefficientSearch:
         self.task.check_spec(self.base)
         self.base = fit_to_task(self.base, self.task)
         self.candidates = {point_key(a, b): self._candidate(a, b, g) for a, b, g in self.points}
+        self._check_trainable()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.storage_url = config.storage or f"sqlite:///{(self.out / 'search.db').resolve()}"
@@ -176,6 +180,17 @@ class CoefficientSearch:
         spec = self.base.scaled(Coefficients(alpha, beta, gamma), name=f"{self.base.name}-a{alpha:g}-b{beta:g}",
                                 resolution_multiple=LAB_RESOLUTION_MULTIPLE)
         return spec
+
+    def _check_trainable(self) -> None:
+        """Refuse, before any training, a base whose candidates (about `target` x its MACs) are
+        beyond what effscale trains (MAX_TRAIN_MACS)."""
+        from ..spec import MAX_TRAIN_MACS
+
+        macs = macs_of(self.base, self.task.num_classes, self.task.in_chans) * self.target
+        if macs > MAX_TRAIN_MACS:
+            raise EffscaleError(f"the candidates of {self.base.name} at target {self.target:g} have about {macs:.3g} "
+                                f"MACs per example, more than the {MAX_TRAIN_MACS:.0e} effscale trains; use a "
+                                "smaller base (or --phi) or target")
 
     def fingerprint(self) -> dict:
         return {"base": self.base.to_text(), "data": self.config.data, "target": self.target,

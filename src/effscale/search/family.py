@@ -3,7 +3,7 @@ series model; optionally compound-scaled by phi first (e.g. B0 at phi = -2 as a 
 from __future__ import annotations
 
 from ..errors import EffscaleError
-from ..scaling import Scalable, ScalingRule
+from ..scaling import Scalable, ScalingRule, compound
 
 LAB_BASE = "effscale_lab"
 
@@ -47,8 +47,8 @@ def resolve_base(model, phi: float | None = None, rule: ScalingRule | None = Non
             except EffscaleError as error:
                 raise EffscaleError(f"{error} (the lab also knows {LAB_BASE} and the series models: "
                                     f"{', '.join(list_series_models())})") from None
-    if phi is not None:
-        spec = spec.scaled((rule or ScalingRule()).at(phi), name=f"{spec.name}-phi{float(phi):g}")
+    if phi is not None:  # compound names phi and its allowed range in its errors
+        spec = compound(spec, phi, rule)
     return spec
 
 

@@ -115,10 +115,50 @@ def plan_runs(config: StudyConfig, base, task) -> list[dict]:
     runs = [{"strategy": "base", "target": 1.0, "spec": base, "macs_ratio": 1.0, "knob": None}]
     for target in targets:
         for strategy in config.strategies:
-            m = match(base, strategy, target, rule=config.rule, num_classes=task.num_classes, in_chans=task.in_chans)
+            m = _match_within_limits(base, strategy, target, config.rule, task)
             runs.append({"strategy": strategy, "target": target, "spec": m.spec, "macs_ratio": m.macs_ratio,
                          "knob": m.knob, "matched": m.matched})
     return runs
+
+
+def _match_within_limits(base, strategy: str, target: float, rule: ScalingRule, task):
+    """`strategies.match`, with a target beyond what the strategy can reach inside the size limits
+    (spec.MAX_BLOCKS, MAX_CHANNELS, MAX_RESOLUTION) named as such, with the largest reachable one."""
+    try:
+        return match(base, strategy, target, rule=rule, num_classes=task.num_classes, in_chans=task.in_chans)
+    except EffscaleError as error:
+        if strategy not in STRATEGIES:
+            raise
+        reach = largest_reachable(base, strategy, rule, task)
+        if reach >= target:
+            raise
+        raise EffscaleError(f"target {target:g}x is out of reach for {strategy} scaling of {base.name}: within "
+                            f"effscale's size limits it reaches at most {reach:.4g}x its MACs ({error}); allowed: "
+                            f"targets from 1 to {reach:.4g}") from None
+
+
+def largest_reachable(base, strategy: str, rule: ScalingRule, task) -> float:
+    """The largest MACs multiple of `base` that `strategy` reaches with a spec inside the size
+    limits and the lab's largest knob (strategies.MAX_KNOB)."""
+    import math
+
+    from ..scaling import feasible_interval
+    from .strategies import LAB_RESOLUTION_MULTIPLE, MAX_KNOB, coefficients_for, macs_of
+
+    def scaled(t: float):
+        knob = t if strategy == "compound" else math.exp(t)
+        return base.scaled(coefficients_for(strategy, knob, rule), resolution_multiple=LAB_RESOLUTION_MULTIPLE)
+
+    def feasible(t: float) -> bool:
+        try:
+            scaled(t)
+        except EffscaleError:
+            return False
+        return True
+
+    _, high = feasible_interval(feasible, cap=MAX_KNOB if strategy == "compound" else math.log(MAX_KNOB))
+    high = high if high is not None else (MAX_KNOB if strategy == "compound" else math.log(MAX_KNOB))
+    return macs_of(scaled(high), task.num_classes, task.in_chans) / macs_of(base, task.num_classes, task.in_chans)
 
 
 def run_study(config: StudyConfig) -> dict:
@@ -132,15 +172,14 @@ def run_study(config: StudyConfig) -> dict:
     task.check_spec(base)
     base = fit_to_task(base, task)
     runs = plan_runs(config, base, task)
+    _check_trainable(runs, base, task)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = {"base": base.to_text(), "data": config.data, "budget": budget.to_dict(),
-                   "rule": [config.rule.alpha, config.rule.beta, config.rule.gamma]}
-    fingerprint_path = out / "study_config.json"
-    if fingerprint_path.exists() and json.loads(fingerprint_path.read_text()) != fingerprint:
-        raise EffscaleError(f"{out} holds a study with other settings (base, data, budget or rule); "
-                            "resume it with the same arguments or use another --out")
-    fingerprint_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+                   "rule": [config.rule.alpha, config.rule.beta, config.rule.gamma],
+                   "targets": check_targets(config.targets),
+                   "strategies": list(config.strategies)}
+    _check_resume(out / "study_config.json", fingerprint)
     rows = _Rows(out / "results.jsonl")
     from .coefficients import _Progress
 
@@ -180,6 +219,45 @@ def run_study(config: StudyConfig) -> dict:
 
     result["report"] = str(write_study_report(result, out))
     return result
+
+
+def _check_trainable(runs: list[dict], base, task) -> None:
+    """Refuse, before any training, a run whose model is beyond what effscale trains (MAX_TRAIN_MACS)."""
+    from ..spec import MAX_TRAIN_MACS
+    from .strategies import macs_of
+
+    base_macs = macs_of(base, task.num_classes, task.in_chans)
+    for run in runs:
+        macs = base_macs * run["macs_ratio"]
+        if macs > MAX_TRAIN_MACS:
+            raise EffscaleError(f"target {run['target']:g}x: the {run['strategy']} model has {macs:.3g} MACs per "
+                                f"example, more than the {MAX_TRAIN_MACS:.0e} effscale trains; allowed: targets up to "
+                                f"{MAX_TRAIN_MACS / base_macs:.4g}x for {base.name}")
+
+
+def _check_resume(path: Path, fingerprint: dict) -> None:
+    """A study directory resumes only with the settings it was started with: its rows, latencies
+    and report belong to them. Checked before any training; writes the fingerprint when new."""
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EffscaleError(f"{path} is not readable ({error}); use another --out") from None
+        if not isinstance(stored, dict):
+            raise EffscaleError(f"{path} is not a study's settings file; use another --out")
+        differ = [key for key in fingerprint if stored.get(key) != json.loads(json.dumps(fingerprint[key]))]
+        if differ:
+            shown = "; ".join(f"{key}: {_short(stored.get(key))} there, {_short(fingerprint[key])} now"
+                              for key in differ if key in ("targets", "strategies", "data", "rule"))
+            raise EffscaleError(f"{path.parent} holds a study with other settings ({', '.join(differ)} differ"
+                                + (f": {shown}" if shown else "")
+                                + "); resume it with the same arguments or use another --out")
+    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _save_model(model, task, path: Path) -> str:

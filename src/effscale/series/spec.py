@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import EffscaleError, closest
-from ..scaling import RESOLUTION_MULTIPLE, Coefficients, round_channels, round_repeats, round_resolution
-from ..spec import ACTIVATIONS, NetworkSpec, StageSpec, _check, _fmt_num
+from ..scaling import (RESOLUTION_MULTIPLE, Coefficients, SizeLimits, check_multipliers, round_channels, round_repeats,
+                       round_resolution)
+from ..spec import ACTIVATIONS, NetworkSpec, StageSpec, _check, _fmt_num, check_size_limits
 
 MIN_LENGTH = 16
+MAX_LENGTH = 1 << 20  # samples; far above any window the family is meant for, far below a hang
+SERIES_LIMITS = SizeLimits(min_resolution=MIN_LENGTH, max_resolution=MAX_LENGTH, unit="samples")
 # Matches len(data.CLASS_NAMES), the synthetic-series task (tests/test_series.py checks it);
 # spec.py stays free of torch, so the number is not imported from data.py.
 DEFAULT_NUM_CLASSES = 8
@@ -93,6 +96,7 @@ class SeriesSpec:
         _check(isinstance(self.resolution, int) and not isinstance(self.resolution, bool)
                and self.resolution >= MIN_LENGTH,
                f"resolution (sequence length)={self.resolution!r} must be an integer >= {MIN_LENGTH}")
+        check_size_limits(self, max_resolution=MAX_LENGTH, unit="samples")
         _check(self.activation in ACTIVATIONS,
                f"activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
         _in_range("dropout", self.dropout, 0, 1)
@@ -117,22 +121,13 @@ class SeriesSpec:
                resolution_multiple: int = RESOLUTION_MULTIPLE) -> "SeriesSpec":
         """Depth by ceil of repeats, widths by `make_divisible`, length to a multiple of
         `resolution_multiple` (1 for the finest steps at short lengths); never below one channel or
-        `MIN_LENGTH` samples."""
+        `MIN_LENGTH` samples, never past the size limits (ScaleLimitError names the multiplier)."""
         if not isinstance(coefficients, Coefficients):
-            raise EffscaleError(f"coefficients must be a Coefficients(depth, width, resolution), "
-                                f"got {type(coefficients).__name__}")
+            raise TypeError(f"coefficients must be a Coefficients(depth, width, resolution), "
+                            f"got {type(coefficients).__name__}")
+        check_multipliers(self, coefficients, resolution_multiple=resolution_multiple, limits=SERIES_LIMITS)
         width, depth = coefficients.width, coefficients.depth
-        narrowest = min([self.stem_channels, self.head_channels] + [s.out_channels for s in self.stages])
-        if narrowest * width < 1:
-            raise EffscaleError(f"width multiplier {width:.4g} leaves a layer of {self.name} with "
-                                f"{narrowest * width:.3g} channels (< 1); the width multiplier must be "
-                                f">= {1 / narrowest:.4g}")
         length = round_resolution(self.resolution, coefficients.resolution, resolution_multiple)
-        if length < MIN_LENGTH:
-            raise EffscaleError(
-                f"length multiplier {coefficients.resolution:.4g} takes {self.name}'s {self.resolution} samples "
-                f"to {self.resolution * coefficients.resolution:.1f}; the minimum is {MIN_LENGTH} samples "
-                f"(multiplier >= {MIN_LENGTH / self.resolution:.4g})")
         stages = tuple(dataclasses.replace(
             stage, repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
             out_channels=round_channels(stage.out_channels, width, self.divisor)) for stage in self.stages)
