@@ -50,6 +50,8 @@ returned dict; every one can be overridden.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import pickle
@@ -297,7 +299,11 @@ def rapl_energy(call, counter: RaplCounter, *, min_seconds: float | None = None,
     while calls < min_calls or time.perf_counter() - start < min_seconds:
         call()
         calls += 1
-    return counter.joules_between(before, counter.read()) / calls, calls
+    joules = counter.joules_between(before, counter.read())
+    if joules <= 0:  # a counter that did not move measured nothing (frozen, or virtualised to a constant)
+        raise EffscaleError(f"the RAPL energy counters did not advance over {calls} calls "
+                            f"({time.perf_counter() - start:.2f} s): they measure nothing here")
+    return joules / calls, calls
 
 
 def energy_per_inference(spec: NetworkSpec, profile, *, batch: int = 1, method: str = "auto",
@@ -321,7 +327,13 @@ def energy_per_inference(spec: NetworkSpec, profile, *, batch: int = 1, method: 
     x = example_input(profile, 3, spec.resolution, batch)
     with torch_threads(profile.threads), torch.inference_mode():
         model(x)  # warm-up: first-call allocations are not steady-state energy
-        joules, calls = rapl_energy(lambda: model(x), counter)
+        try:
+            joules, calls = rapl_energy(lambda: model(x), counter)
+        except EffscaleError as error:
+            if method == "rapl":
+                raise
+            estimate = analytic_energy(spec, profile, batch=batch, num_classes=num_classes)
+            return dataclasses.replace(estimate, note=f"{error}; analytic estimate instead")
     return EnergyEstimate(total_mj=joules * 1e3, method="rapl", batch=batch,
                           note=f"CPU package energy over {calls} calls; includes everything else running")
 

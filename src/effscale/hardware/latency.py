@@ -83,15 +83,12 @@ class Unit:
         return (1.0, float(self.macs), float(self.bytes))
 
 
-def _resolve_spec(spec_or_name):
+def _resolve_spec(ref):
+    """Any model reference (`zoo.resolve_spec`: name, spec, spec file, weights file, built model) of
+    the image family; TypeError for anything else."""
     from ..model import resolve_spec
-    from ..spec import NetworkSpec
 
-    spec = getattr(spec_or_name, "spec", spec_or_name)  # a built EfficientNet carries its spec
-    if isinstance(spec, (str, NetworkSpec)):
-        return resolve_spec(spec)
-    raise EffscaleError(f"expected a NetworkSpec, a model name or a built EfficientNet, got "
-                        f"{type(spec_or_name).__name__}")
+    return resolve_spec(ref)
 
 
 def _unit_kind(row) -> str:
@@ -287,11 +284,15 @@ def predict(profile, spec, *, batch: int = 1, method: str | None = None) -> floa
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise EffscaleError(f"batch={batch!r} must be an integer >= 1")
     spec = _resolve_spec(spec)
-    if method == "roofline":
+    if method == "roofline":  # a bound from the hardware's peaks, not a fit to timings: no anchor
         return roofline_ms(spec, profile, batch=batch)
+    # A re-anchored profile (anchor.py) carries today's level: measured / profiled of its own networks.
+    anchor = getattr(profile, "anchor", None)
+    level = anchor.factor if anchor is not None else 1.0
     if method == "affine":
         affine = profile.affine
-        return affine["slope_ms"] * cost(spec, batch=batch).macs / affine["base_macs"] + affine["intercept_ms"]
+        return level * (affine["slope_ms"] * cost(spec, batch=batch).macs / affine["base_macs"]
+                        + affine["intercept_ms"])
     units = network_units(spec, batch=batch, precision=profile.precision)
     calibration = profile.calibration
-    return calibration["scale"] * profile.layer_table.predict_units(units) + calibration["overhead_ms"]
+    return level * (calibration["scale"] * profile.layer_table.predict_units(units) + calibration["overhead_ms"])

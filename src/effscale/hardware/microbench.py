@@ -25,6 +25,7 @@ import datetime
 import gc
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -259,9 +260,25 @@ class _Progress:
         return lambda: self.bar.advance(task)
 
 
+def _busy_before_start(threads: int, strict: bool) -> None:
+    """Half a second of listening before any measuring: is something else already running?"""
+    from .conditions import MAX_OTHERS_CORES, sample_others
+    from .profile import ProfileInterferenceWarning
+
+    seen = sample_others(0.5)
+    if seen["others_cores"] is None or seen["others_cores"] <= MAX_OTHERS_CORES:
+        return
+    message = (f"other processes are using {seen['others_cores']:.2f} CPU cores right now (quiet: < "
+               f"{MAX_OTHERS_CORES:g}); a profile taken now records this machine slower than it is")
+    if strict:
+        raise EffscaleError(f"{message}; nothing was measured (stop them and profile again, or drop --strict)")
+    warnings.warn(message, ProfileInterferenceWarning, stacklevel=3)
+
+
 def measure_profile(*, threads: int | None, precision: str, quick: bool, progress: bool, channels_last: bool,
-                    tiny: bool):
-    from .profile import PRECISIONS, DeviceProfile, machine_description
+                    tiny: bool, strict: bool = False):
+    from .conditions import Watch
+    from .profile import PRECISIONS, DeviceProfile, ProfileInterferenceWarning, machine_description
 
     if precision not in PRECISIONS:
         raise EffscaleError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
@@ -269,6 +286,8 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
     plan = PLANS["tiny" if tiny else "quick" if quick else "full"]
     specs = member_specs(plan)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _busy_before_start(threads, strict)
+    watch = Watch(threads)
     with torch_threads(threads), _Progress(progress) as bar:
         advance = bar.task(f"peaks ({precision}, {threads} threads)", 2)
         flops = peak_flops(precision, plan)
@@ -294,15 +313,26 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
                 seed=0, min_repeats=plan.min_repeats, advance=advance)[1]
         units = pool_units(timers)
         del timers, member_calls
+        flops_end = peak_flops(precision, plan)  # a load that came or went moves the two apart
 
     layers = [{**unit.to_dict(), **_times(m)} for unit, m in units]
     members = [{"name": s.name, "spec": s.to_text(), "batch": 1, "macs": cost(s).macs, **_times(m)}
                for s, m in zip(specs, member_times)]
+    machine = machine_description()
+    conditions = watch.finish(members=members, peak_flops_start=flops, peak_flops_end=flops_end,
+                              cpu_flags=machine["cpu_flags"], cores=min(threads, machine["usable_cpus"]))
+    if conditions["problems"]:
+        message = ("the machine was busy while it was profiled: " + "; ".join(conditions["problems"])
+                   + "; the profile records it slower than it is")
+        if strict:
+            raise EffscaleError(message + " (not saved; profile again on a quiet machine, or drop --strict)")
+        warnings.warn(message + " (recorded in the profile's `conditions`)", ProfileInterferenceWarning, stacklevel=3)
     table = LayerTable.fit(layers)
     return DeviceProfile(
-        machine=machine_description(), threads=threads, precision=precision, channels_last=channels_last,
-        peak_flops=flops, bandwidth=bytes_per_s, layers=layers, members=members, affine=fit_affine(members),
-        calibration=fit_calibration(table, members, precision), quick=quick, created=created)
+        machine=machine, threads=threads, precision=precision, channels_last=channels_last,
+        peak_flops=max(flops, flops_end), bandwidth=bytes_per_s, layers=layers, members=members,
+        affine=fit_affine(members), calibration=fit_calibration(table, members, precision), quick=quick,
+        created=created, conditions=conditions)
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,17 @@ compound scaling gains). `tests/test_hardware_plan.py` checks the optimum numeri
 Verification
 ------------
 With `verify=True` the chosen model is built with `prepare` and timed with `measure_latency`
-(median of repeated calls after warm-up). If the measurement breaks a budget, the planner corrects
-its predictions by the worst measured/predicted ratio seen so far and moves to the best candidate
-still predicted to fit, recording every attempt. When even the smallest candidate fails, or the
-smallest already breaks a budget before any search, it raises EffscaleError with its cost.
+(median of repeated calls after warm-up); with an energy budget and readable RAPL counters its
+energy per call is measured too. If a measurement breaks a budget, the planner corrects its
+predictions of that quantity by the worst measured/predicted ratio seen so far and moves to the
+best candidate still predicted to fit, recording every attempt. When even the smallest candidate
+fails, or the smallest already breaks a budget before any search, it raises EffscaleError with
+its cost.
+
+Before predicting, the profile is re-anchored (`anchor=True`, anchor.py): one or two of its own
+networks are re-timed (a second or two) and the latency predictions scaled by measured /
+profiled, so that a machine running faster or slower than when it was profiled is planned for as
+it is now. The anchor is recorded in the result.
 """
 from __future__ import annotations
 
@@ -300,17 +307,28 @@ class _Budgets:
                                                                         method=self.method))
         return candidate.predicted_ms
 
-    def over(self, candidate: Candidate, latency_ms: float | None = None, scale_latency: float = 1.0) -> list[tuple]:
-        """(ratio over budget, message) for each broken budget; latency is predicted unless given."""
+    def measured_energy(self, candidate: Candidate) -> budgets.EnergyEstimate | None:
+        """Energy per call measured by RAPL, when there is an energy budget and the counters are readable."""
+        if self.energy_mj is None:
+            return None
+        energy = budgets.energy_per_inference(candidate.spec, self.profile, batch=self.batch)
+        return energy if energy.method == "rapl" else None
+
+    def over(self, candidate: Candidate, latency_ms: float | None = None, scale_latency: float = 1.0,
+             energy: budgets.EnergyEstimate | None = None, scale_energy: float = 1.0) -> list[tuple]:
+        """(ratio over budget, message) for each broken budget; latency and energy are predicted
+        (times `scale_*`, the measured/predicted ratios so far) unless measured values are given."""
         broken = []
         if self.memory_mb is not None and candidate.memory.total_mb > self.memory_mb:
             broken.append((candidate.memory.total_mb / self.memory_mb,
                            f"needs {candidate.memory.total_mb:.1f} MB at its peak (predicted: weights + eager "
                            f"activations + runtime); the budget is {self.memory_mb:g} MB"))
-        if self.energy_mj is not None and candidate.energy.total_mj > self.energy_mj:
-            broken.append((candidate.energy.total_mj / self.energy_mj,
-                           f"uses {candidate.energy.total_mj:.3g} mJ per inference ({candidate.energy.method}); "
-                           f"the budget is {self.energy_mj:g} mJ"))
+        mj = energy.total_mj if energy is not None else candidate.energy.total_mj * scale_energy
+        if self.energy_mj is not None and mj > self.energy_mj:
+            how = energy.method if energy is not None else candidate.energy.method if scale_energy == 1 else \
+                f"{candidate.energy.method} x {scale_energy:.2f}, the measured/predicted ratio so far"
+            broken.append((mj / self.energy_mj, f"uses {mj:.3g} mJ per inference ({how}); "
+                                                f"the budget is {self.energy_mj:g} mJ"))
         if self.latency_ms is not None:
             measured = latency_ms is not None
             ms = latency_ms if measured else self.predicted(candidate) * scale_latency
@@ -442,6 +460,7 @@ class PlanResult:
     notes: list[str] = field(default_factory=list)
     accuracy_curve: dict | None = None
     carbon: dict | None = None
+    anchor: dict | None = None  # anchor.Anchor.to_dict() of the re-anchored profile, None when not anchored
 
     @property
     def name(self) -> str:
@@ -456,7 +475,7 @@ class PlanResult:
             "energy_mj": self.energy.total_mj, "energy_method": self.energy.method, "energy": self.energy.to_dict(),
             "sustained": self.sustained, "expected_top1": self.expected_top1, "budgets": self.budgets,
             "attempts": self.attempts, "train_command": self.train_command, "notes": self.notes,
-            "accuracy_curve": self.accuracy_curve, "carbon": self.carbon,
+            "accuracy_curve": self.accuracy_curve, "carbon": self.carbon, "anchor": self.anchor,
         }
 
 
@@ -495,7 +514,8 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
          free_coefficients: bool = False, accuracy=None, base: NetworkSpec = EFFICIENTNET_B0,
          rule: ScalingRule | None = None, utility: Utility | None = None, verify: bool = True,
          method: str | None = None, spec_out: str | Path | None = None, train_data: str = "fashion-mnist",
-         carbon: dict | None = None, max_attempts: int = MAX_ATTEMPTS, progress=False) -> PlanResult:
+         carbon: dict | None = None, max_attempts: int = MAX_ATTEMPTS, progress=False,
+         anchor: bool = True) -> PlanResult:
     """The model with the largest expected accuracy under every given budget (module docstring).
 
     Budgets: `latency_ms` per call on `batch` images (with `sustained`, a thermal preset name,
@@ -505,6 +525,8 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
     `spec_out`: write the chosen spec's text there (the train command then uses it).
     `carbon`: keyword arguments of `budgets.training_carbon` (samples=, epochs=, ...) to add the
     training run's carbon to the result. `progress`: True (messages on stderr) or a callable.
+    `anchor`: re-time one or two of the profile's networks first and predict at today's level
+    (module docstring; skipped when there is no latency budget or the profile is already anchored).
     """
     say = _progress_printer(progress)
     latency_ms = _check_budget("latency_ms", latency_ms)
@@ -520,11 +542,26 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
             parse_sustained(sustained) if isinstance(sustained, str) else thermal_model(sustained)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise EffscaleError(f"batch={batch!r} must be an integer >= 1")
-    if not isinstance(base, NetworkSpec):
-        raise EffscaleError(f"base must be a NetworkSpec, got {type(base).__name__}")
+    from ..model import resolve_spec
+
+    base = resolve_spec(base)  # a name, spec, spec file or weights file; TypeError for anything else
     rule = rule or ScalingRule()
     utility = utility or Utility.from_rule(rule)
     curve = AccuracyCurve.fit(accuracy) if accuracy is not None else None
+    anchor_notes = []
+    # Any object with predict_latency plans; one without reanchor (a custom predictor) is used as it is.
+    if latency_ms is not None and anchor and getattr(profile, "anchor", None) is None and \
+            hasattr(profile, "reanchor"):
+        say("re-anchoring the profile: timing its own networks now")
+        profile = profile.reanchor()
+    if getattr(profile, "anchor", None) is not None:
+        say(profile.anchor.describe())
+        if profile.anchor.disagreement > 0.10:
+            anchor_notes.append(f"the anchor networks drifted differently ({profile.anchor.describe()}): the machine's "
+                                "speed is changing; predictions are less certain")
+    elif latency_ms is not None:
+        anchor_notes.append(f"latency predicted at the profile's level of "
+                            f"{getattr(profile, 'created', '') or 'its measurement'} (not re-anchored)")
     checker = _Budgets(profile, latency_ms, memory_mb, energy_mj, sustained, batch, method)
 
     def objective(candidate: Candidate, score: float) -> tuple:
@@ -546,16 +583,13 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
     smallest = min(ranked, key=lambda c: (c.macs, c.spec.resolution))
     say(f"{len(checker.cache)} specs evaluated, {len(ranked)} fit as predicted; best: {ranked[0].spec.name}")
 
-    chosen, measured_ms, fits, attempts, notes = ranked[0], None, None, [], []
+    chosen, measured_ms, fits, attempts, notes = ranked[0], None, None, [], list(anchor_notes)
     energy = chosen.energy
     if verify:
-        chosen, measured_ms, fits, attempts, notes = _verify(ranked, smallest, checker, max_attempts, say)
-        energy = chosen.energy
-        if energy_mj is not None:  # measured where the RAPL counters are readable, else analytic again
-            energy = budgets.energy_per_inference(chosen.spec, profile, batch=batch)
-            if energy.method == "rapl" and energy.total_mj > energy_mj:
-                fits = False
-                notes.append(f"measured energy {energy.total_mj:.3g} mJ (RAPL) breaks the {energy_mj:g} mJ budget")
+        chosen, measured_ms, fits, attempts, verify_notes, measured_energy = _verify(
+            ranked, smallest, checker, max_attempts, say)
+        notes += verify_notes
+        energy = measured_energy or chosen.energy  # measured where the RAPL counters are readable
         if fits and latency_ms is not None and measured_ms < 0.7 * checker.predicted(chosen):
             notes.append(f"measured {measured_ms:.3g} ms is {1 - measured_ms / checker.predicted(chosen):.0%} "
                          "below the prediction: a bigger model may fit (is the profile from this machine?)")
@@ -585,17 +619,23 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
                  "sustained": sustained.name if sustained else None, "batch": batch},
         attempts=attempts, train_command=command, notes=notes + command_notes,
         accuracy_curve=curve.to_dict() if curve else None,
-        carbon=budgets.training_carbon(chosen.spec, profile, **carbon) if carbon else None)
+        carbon=budgets.training_carbon(chosen.spec, profile, **carbon) if carbon else None,
+        anchor=profile.anchor.to_dict() if getattr(profile, "anchor", None) is not None else None)
 
 
 def _verify(ranked: list[Candidate], smallest: Candidate, checker: _Budgets, max_attempts: int, say):
-    """Measure the best candidate; on a miss, step down using the worst measured/predicted ratio."""
+    """Measure the best candidate (latency; energy too where RAPL is readable); on a miss, step down
+    using the worst measured/predicted ratio of each measured quantity.
+
+    Returns (candidate, measured ms, fits, attempts, notes, measured energy or None)."""
     from .runtime import measure_latency
 
-    correction, attempts, notes, tried, candidate = 1.0, [], [], set(), ranked[0]
+    scale_ms = scale_mj = 1.0
+    attempts, notes, tried, candidate, energy = [], [], set(), ranked[0], None
     for _ in range(max_attempts):
         pending = [c for c in ranked if id(c) not in tried]
-        candidate = next((c for c in pending if not checker.over(c, scale_latency=correction)), None)
+        candidate = next((c for c in pending if not checker.over(c, scale_latency=scale_ms, scale_energy=scale_mj)),
+                         None)
         if candidate is None:
             if id(smallest) in tried:
                 break
@@ -603,18 +643,23 @@ def _verify(ranked: list[Candidate], smallest: Candidate, checker: _Budgets, max
         tried.add(id(candidate))
         say(f"measuring {candidate.spec.name} (predicted {checker.predicted(candidate):.3g} ms)")
         measured = measure_latency(candidate.spec, checker.profile, batch=checker.batch).median_ms
-        broken = checker.over(candidate, latency_ms=measured)
+        energy = checker.measured_energy(candidate)
+        broken = checker.over(candidate, latency_ms=measured, energy=energy)
         attempts.append({"name": candidate.spec.name, "macs": candidate.macs, "resolution": candidate.spec.resolution,
                          "predicted_ms": checker.predicted(candidate), "measured_ms": measured,
+                         "energy_mj": energy.total_mj if energy else None,
+                         "energy_method": energy.method if energy else None,
                          "fits": not broken, "reason": "; ".join(m for _, m in broken) or None})
         if not broken:
             if len(attempts) > 1:
                 notes.append(f"stepped down {len(attempts) - 1} time(s): the first choice did not fit when measured")
-            return candidate, measured, True, attempts, notes
+            return candidate, measured, True, attempts, notes, energy
         say(f"{candidate.spec.name} {broken[0][1]}: stepping down")
-        correction = max(correction, measured / checker.predicted(candidate))
+        scale_ms = max(scale_ms, measured / checker.predicted(candidate))
+        if energy is not None:
+            scale_mj = max(scale_mj, energy.total_mj / candidate.energy.total_mj)
         if candidate is smallest:
             raise EffscaleError(f"no model meets the budget when measured: the smallest model "
                                 f"({_describe(smallest.spec, smallest.macs)}) {broken[0][1]}")
     notes.append(f"no candidate fitted when measured within {max_attempts} attempts; this is the last one tried")
-    return candidate, attempts[-1]["measured_ms"] if attempts else None, False, attempts, notes
+    return candidate, attempts[-1]["measured_ms"] if attempts else None, False, attempts, notes, energy

@@ -23,6 +23,9 @@ The JSON (version 1), one object:
     calibration    {"scale", "overhead_ms"}: network latency = scale * (sum of layer units) + overhead
     quick          True for a `--quick` profile (fewer shapes and repeats)
     created        ISO 8601 time of the measurement
+    conditions     (optional) how quiet the machine was (conditions.py): others_cores, steal_fraction,
+                   load_avg_start / _end, member_spread, peak_flops_start / _end, nominal_peak_flops,
+                   and `problems`, one line per sign of interference (empty when quiet)
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,6 +49,10 @@ LATENCY_METHODS = ("lut", "affine", "roofline")
 
 class ProfileMismatchWarning(UserWarning):
     """The profile was measured on another machine, thread count or precision than this run's."""
+
+
+class ProfileInterferenceWarning(UserWarning):
+    """The machine was busy (other processes, steal, unstable timings) while it was profiled."""
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -110,14 +118,19 @@ class DeviceProfile:
     calibration: dict
     quick: bool = False
     created: str = ""
+    conditions: dict | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         _validate(self.to_dict(), "profile")
+        # Set by `reanchor()`: the run-time level correction (anchor.py); never saved.
+        self.anchor = None
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        if data["conditions"] is None:  # profiles from before interference detection have none
+            del data["conditions"]
         return {"version": data.pop("version"), **data}
 
     def save(self, path) -> Path:
@@ -147,6 +160,19 @@ class DeviceProfile:
         from . import latency
 
         return latency.predict(self, spec, batch=batch, method=method)
+
+    def reanchor(self, **options) -> "DeviceProfile":
+        """A copy whose `lut` / `affine` predictions are scaled to this machine as it is now.
+
+        Re-times one or two of the profile's own networks (a second or two; `anchor.measure_anchor`,
+        whose keyword arguments `options` are) and keeps measured / profiled as `anchor.factor`.
+        """
+        from .anchor import measure_anchor
+
+        copy = dataclasses.replace(self)
+        copy.__dict__["layer_table"] = self.layer_table  # the fit does not change: share it
+        copy.anchor = measure_anchor(self, **options)
+        return copy
 
     def member_fits(self) -> list[dict]:
         """Each calibration network: MACs, measured median and every method's (in-sample) prediction."""
@@ -203,8 +229,11 @@ _MACHINE_FIELDS = {
     "platform": (lambda v: isinstance(v, str), "a string"),
     "cpu_flags": (lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v), "a list of strings"),
 }
+# The unit kinds latency.network_units produces; a row of any other kind would never be looked up.
+_KIND = re.compile(r"(conv|depthwise)_k[1-9][0-9]?_s[1-9]|pointwise|pointwise_act|se|residual|classifier")
+_KIND_TEXT = "a unit kind: conv_kK_sS, depthwise_kK_sS, pointwise, pointwise_act, se, residual or classifier"
 _LAYER_FIELDS = {
-    "kind": (lambda v: isinstance(v, str) and bool(v), "a layer kind string"),
+    "kind": (lambda v: isinstance(v, str) and _KIND.fullmatch(v) is not None, _KIND_TEXT),
     "in_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "out_channels": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "hw": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (input side in pixels)"),
@@ -248,6 +277,13 @@ _FIELDS = {
     "quick": (lambda v: isinstance(v, bool), "true or false"),
     "created": (lambda v: isinstance(v, str), "a string (ISO 8601 time)"),
 }
+# Fields a profile may lack (older profiles): checked when present.
+_CONDITIONS_FIELDS = {
+    "problems": (lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v), "a list of strings"),
+}
+_OPTIONAL_FIELDS = {
+    "conditions": (lambda v: isinstance(v, dict), "an object", _CONDITIONS_FIELDS),
+}
 
 
 def _check_fields(data: dict, fields: dict, where: str) -> None:
@@ -278,9 +314,12 @@ def _validate(data, where: str) -> None:
         raise EffscaleError(f"{where}: profile version {_short(data['version'])} is not supported (this effscale "
                             f"reads version {SCHEMA_VERSION}); re-run `effscale profile`")
     _check_fields(data, _FIELDS, where)
-    unknown = sorted(set(data) - set(_FIELDS))
+    _check_fields({k: v for k, v in data.items() if k in _OPTIONAL_FIELDS and v is not None},
+                  {k: f for k, f in _OPTIONAL_FIELDS.items() if data.get(k) is not None}, where)
+    unknown = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL_FIELDS))
     if unknown:
-        raise EffscaleError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(_FIELDS)})")
+        raise EffscaleError(f"{where}: unknown field {unknown[0]!r} "
+                            f"(allowed: {', '.join([*_FIELDS, *_OPTIONAL_FIELDS])})")
 
 
 def load_profile(path, *, precision: str | None = None, threads: int | None = None) -> DeviceProfile:
@@ -314,18 +353,29 @@ def load_profile(path, *, precision: str | None = None, threads: int | None = No
     for message in mismatches:
         warnings.warn(f"{path}: {message}; predictions may be off (re-run `effscale profile` here)",
                       ProfileMismatchWarning, stacklevel=2)
+    problems = (profile.conditions or {}).get("problems") or []
+    if problems:
+        warnings.warn(f"{path} was measured on a busy machine ({'; '.join(problems)}); it may record this "
+                      "machine slower than it is (re-run `effscale profile` on a quiet machine)",
+                      ProfileInterferenceWarning, stacklevel=2)
     return profile
 
 
 def run_profile(*, threads: int | None = None, precision: str = "fp32", quick: bool = False,
-                progress: bool = True, channels_last: bool = True, _tiny: bool = False) -> DeviceProfile:
+                progress: bool = True, channels_last: bool = True, strict: bool = False,
+                _tiny: bool = False) -> DeviceProfile:
     """Measure this machine: micro-benchmarks, per-layer units, whole networks; fit the models.
 
     `threads`: torch intra-op threads for every measurement (default: torch's current setting).
     `quick`: fewer shapes, members and repeats (< 3 minutes on 2 cores). `_tiny` is for tests:
     test-sized shapes, seconds in all; its profile is valid but predicts nothing useful.
+
+    Interference (conditions.py: other processes' CPU time, steal, the spread of repeats, peaks
+    moving during the run) is recorded in `conditions` and warned about
+    (`ProfileInterferenceWarning`); `strict=True` raises EffscaleError instead, before any
+    measuring when the machine is already busy.
     """
     from .microbench import measure_profile
 
     return measure_profile(threads=threads, precision=precision, quick=quick, progress=progress,
-                           channels_last=channels_last, tiny=_tiny)
+                           channels_last=channels_last, tiny=_tiny, strict=strict)
