@@ -72,7 +72,17 @@ def _outputs_to_float32(module: nn.Module, args: tuple, output):
     return output
 
 
-def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16: bool = False) -> nn.Module:
+def native_bf16() -> bool:
+    """True where this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN reports it).
+
+    Without it bf16 is emulated and slower than fp32 (4x on AVX2-only CPUs), so every "auto"
+    precision in effscale picks fp32 there.
+    """
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(supported()) if supported is not None else False
+
+
+def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16: bool | str = False) -> nn.Module:
     """effscale's recommended CPU inference path; run the result under `torch.inference_mode()`.
 
     The default (fp32) computes the same logits as the eager model, within float rounding:
@@ -94,7 +104,8 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16:
     path at batch > 1: ~1.5x the fp32 path and ~1.3-1.5x timm/torchvision's best (channels_last
     + bf16 autocast), because the in-place SE also pools with avg_pool2d, whose channels_last
     kernel is ~40x faster than a bf16 mean(); at batch 1 it is no faster than fp32. Logits move
-    by ~1e-2 relative, as with any bf16 inference. Without native bf16 it is slower (warned).
+    by ~1e-2 relative, as with any bf16 inference. Without native bf16 it is slower (warned);
+    `bf16="auto"` chooses bf16 exactly where the CPU has it natively (`native_bf16()`).
 
     Not included, because on the same machine it did not pay: torch.compile with Inductor
     freezing, 0-5 % faster (max-autotune or cpp_wrapper no better) for a 10-100 s first call per
@@ -115,9 +126,10 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16:
             module.channels_last = channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if bf16 == "auto":
+        bf16 = native_bf16()
     if bf16:
-        bf16_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        if bf16_supported is not None and not bf16_supported():
+        if not native_bf16():
             warnings.warn("this CPU has no native bf16 support: bf16=True will likely be slower than fp32",
                           stacklevel=2)
         model = model.to(torch.bfloat16)

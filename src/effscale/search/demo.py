@@ -52,16 +52,18 @@ def pick_under_latency(rows: list[dict], latency_ms: float) -> dict:
     return max(fitting, key=lambda r: (r["top1"], -r["macs"]))
 
 
-def plan_with_profile(device: str, budget_ms: float, rows: list[dict], rule, base, task, settings,
+def plan_with_profile(device, budget_ms: float, rows: list[dict], rule, base, task, settings,
                       weights_path: Path, progress: bool):
-    """The hardware planner on the found rule and the study's accuracy rows; trains its pick."""
+    """The hardware planner on the found rule and the study's accuracy rows; trains its pick.
+    `device` is a profile path or a loaded DeviceProfile."""
     from ..hardware import load_profile
     from ..hardware.plan import plan
     from ..spec import NetworkSpec
     from .proxy import train_proxy
     from .study import _save_model
 
-    planned = plan(load_profile(device), latency_ms=budget_ms, base=base, rule=rule, accuracy=rows,
+    profile = load_profile(device) if isinstance(device, (str, Path)) else device  # a path, or loaded already
+    planned = plan(profile, latency_ms=budget_ms, base=base, rule=rule, accuracy=rows,
                    verify=True, progress=progress).to_dict()
     spec = NetworkSpec.from_text(planned["spec"])
     result, model = train_proxy(spec, task, settings.budget, seed=0, split="test", return_model=True)
@@ -73,8 +75,45 @@ def plan_with_profile(device: str, budget_ms: float, rows: list[dict], rule, bas
     return chosen, planned
 
 
+DEFAULT_TIME_BUDGET_S = {False: 600.0, True: 120.0}  # the promise: 10 minutes, --quick about 2
+
+
+def _size_to_machine(settings: DemoSettings, time_budget_s: float, device: str | None, record: Path):
+    """Time a few proxy steps here and scale the settings down to fit the time budget (sizing.py).
+
+    The sizing is kept in `record`: a demo run again into the same folder resumes with the same
+    settings (timing noise must not change the budget under a half-finished study)."""
+    from dataclasses import replace
+
+    from .family import fit_to_task, lab_base
+    from .sizing import Sizing, size_demo
+    from .task import load_task
+
+    if record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+            if saved.get("time_budget_s") == time_budget_s and saved.get("defaults") == settings.__dict__ | {
+                    "targets": list(settings.targets)}:
+                sizing = Sizing(budget=saved["budget"], targets=tuple(saved["targets"]), estimated_s=saved["estimated_s"],
+                                step_s=tuple(saved["step_s"]), notes=tuple(saved["notes"]) + ("resumed",), seconds=0.0)
+                return replace(settings, budget=sizing.budget, targets=sizing.targets), sizing
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: size again
+    task = load_task(DATA)
+    search_points = len(settings.alpha_grid.split(",")) * len(settings.beta_grid.split(","))
+    sizing = size_demo(fit_to_task(lab_base(), task), task, budget_name=settings.budget, targets=settings.targets,
+                       seeds=settings.seeds, search_points=search_points, time_budget_s=time_budget_s,
+                       extra_runs=1 if device else 0)
+    record.write_text(json.dumps({**sizing.to_dict(), "time_budget_s": time_budget_s,
+                                  "defaults": settings.__dict__ | {"targets": list(settings.targets)}}) + "\n")
+    return replace(settings, budget=sizing.budget, targets=sizing.targets), sizing
+
+
 def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: float | None = None,
-             device: str | None = None, progress: bool = True) -> dict:
+             device: str | None = None, progress: bool = True, time_budget_s: float | None = None) -> dict:
+    """The demo (module docstring). `time_budget_s` (default 600, `quick` 120): the proxy budget and
+    targets are scaled down to finish within it on this machine (sizing.py; 0 or less is refused,
+    None the default); the result's `sizing` says what was scaled down."""
     from .coefficients import SearchConfig, rule_from, search
     from .family import LAB_BASE
     from .study import StudyConfig, measure_latency_ms, run_study
@@ -83,9 +122,26 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     out = Path(out or ("effscale-demo-quick" if quick else "effscale-demo"))
     if latency_ms is not None and not latency_ms > 0:
         raise EffscaleError(f"latency budget {latency_ms!r} ms must be > 0")
+    if time_budget_s is None:
+        time_budget_s = DEFAULT_TIME_BUDGET_S[bool(quick)]
+    elif isinstance(time_budget_s, bool) or not isinstance(time_budget_s, (int, float)) or not time_budget_s > 0:
+        raise EffscaleError(f"time budget {time_budget_s!r} s must be a number > 0 (default "
+                            f"{DEFAULT_TIME_BUDGET_S[bool(quick)]:g})")
+    profile = None
+    if device:  # a missing or broken profile is an error now, not after minutes of searching and training
+        from ..hardware import load_profile
+
+        profile = load_profile(device)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings = {}
+
+    _say(f"[0/4] sizing the demo to this machine (time budget {time_budget_s:g} s)")
+    settings, sizing = _size_to_machine(settings, float(time_budget_s), device, out / "sizing.json")
+    _say(f"      a proxy step takes {sizing.step_s[0] * 1e3:.0f} ms here (4x model {sizing.step_s[1] * 1e3:.0f} ms); "
+         + (f"scaled down: {'; '.join(sizing.notes)}" if sizing.notes else "nothing scaled down")
+         + f"; estimated {sizing.estimated_s:.0f} s")
+    timings["sizing"] = sizing.seconds
 
     _say(f"[1/4] searching alpha, beta, gamma around {LAB_BASE} on {DATA} (budget {settings.budget})")
     step = time.perf_counter()
@@ -119,7 +175,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     task = load_task(DATA)
     planned = None
     if device:
-        chosen, planned = plan_with_profile(device, budget_ms, study["rows"], rule, fit_to_task(lab_base(), task),
+        chosen, planned = plan_with_profile(profile, budget_ms, study["rows"], rule, fit_to_task(lab_base(), task),
                                             task, settings, out / "study" / "models" / "planned.safetensors",
                                             progress)
         spec = NetworkSpec.from_text(chosen["spec"])
@@ -141,7 +197,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     (out / "base_spec.txt").write_text(fit_to_task(lab_base(), task).to_text() + "\n")
     timings["total"] = time.perf_counter() - started
     result = {
-        "out": str(out), "quick": quick, "settings": settings.__dict__, "rule": {"alpha": rule.alpha,
+        "out": str(out), "quick": quick, "settings": settings.__dict__, "sizing": sizing.to_dict(),
+        "time_budget_s": time_budget_s, "rule": {"alpha": rule.alpha,
                                                                                "beta": rule.beta, "gamma": rule.gamma},
         "search": found, "study": {k: study[k] for k in ("rows", "summary", "budget", "targets", "seeds")},
         "latency_budget_ms": budget_ms, "chosen": {**{k: chosen[k] for k in ("strategy", "target", "macs", "params",
@@ -155,6 +212,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                                settings.beta_grid, "--out", str(out / "search")),
             "study": study_command,
             "demo": _command("demo", *(["--quick"] if quick else []), "--out", str(out),
+                             "--time-budget", f"{time_budget_s:g}",
                              *(["--latency-ms", f"{latency_ms:g}"] if latency_ms is not None else []),
                              *(["--device", device] if device else [])),
             "plan": _command("plan", "--device", device or "device.json", "--latency-ms", f"{budget_ms:g}",

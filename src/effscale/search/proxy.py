@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +50,19 @@ BUDGETS = {
 
 
 def get_budget(name: str | ProxyBudget) -> ProxyBudget:
+    """A named budget, or 'NAME@STEPS': that budget with its step count replaced (the demo sizes
+    its budget to the machine this way; the name keeps the steps, so results record them)."""
     if isinstance(name, ProxyBudget):
         return name
-    if name not in BUDGETS:
-        raise EffscaleError(f"budget={name!r} is unknown{closest(str(name), BUDGETS)}; allowed: {', '.join(BUDGETS)}")
-    return BUDGETS[name]
+    base, _, steps = str(name).partition("@")
+    if base not in BUDGETS:
+        raise EffscaleError(f"budget={name!r} is unknown{closest(base, BUDGETS)}; allowed: {', '.join(BUDGETS)} "
+                            "(or NAME@STEPS, e.g. quick@40)")
+    if not steps:
+        return BUDGETS[base]
+    if not steps.isdigit() or not 1 <= int(steps) <= 1_000_000:
+        raise EffscaleError(f"budget={name!r}: the steps after '@' must be a whole number from 1 to 1000000")
+    return replace(BUDGETS[base], name=f"{base}@{int(steps)}", steps=int(steps))
 
 
 @dataclass
@@ -122,11 +130,12 @@ def accuracy(model: nn.Module, task: Task, split: str, resolution: int, samples:
 
 
 def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: int = 0,
-                split: str = "minival", return_model: bool = False):
+                split: str = "minival", return_model: bool = False, step_seconds: list | None = None):
     """Train a fresh model of `spec` on `task` with the proxy recipe; top-1 on `split`.
 
     Deterministic in `seed` (initialisation, data order, augmentation) on CPU.
-    Returns a ProxyResult, and the trained model too when `return_model`.
+    Returns a ProxyResult, and the trained model too when `return_model`. `step_seconds`, a list,
+    receives the wall time of every training step (the demo sizes itself with it).
     """
     budget = get_budget(budget)
     task.check_spec(spec)
@@ -147,6 +156,7 @@ def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: 
     model.train()
     loss_value = float("nan")
     for batch in _batches(len(raw), min(budget.batch_size, len(raw)), budget.steps, generator):
+        step_start = time.perf_counter()
         loss = F.cross_entropy(model(task.inputs(raw[batch], spec.resolution, True)), labels[batch],
                                label_smoothing=budget.label_smoothing)
         if not torch.isfinite(loss):
@@ -157,6 +167,8 @@ def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: 
         optimizer.step()
         schedule.step()
         loss_value = loss.item()
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - step_start)
     recalibrate_batchnorm(model, task, spec.resolution, budget.bn_samples)
     top1 = accuracy(model, task, split, spec.resolution, budget.eval_samples)
     cost = spec.analytic_cost(num_classes=task.num_classes, in_chans=task.in_chans)

@@ -18,7 +18,7 @@ from ..spec import EFFICIENTNET_B0, NetworkSpec
 
 OPTIMIZERS = ("rmsprop_tf", "adamw", "sgd")
 SCHEDULES = ("cosine", "exponential")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where the hardware has it natively, else fp32
 B0_MACS = cost(EFFICIENTNET_B0).macs
 B7_EFFECTIVE_PHI = 6.6  # log2(B7 MACs / B0 MACs)
 
@@ -69,6 +69,26 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def resolve_precision(precision: str, device_type: str = "cpu") -> tuple[str, str]:
+    """(the precision to train in, why): "auto" becomes bf16 where the hardware computes it natively
+    (CPUs with AVX512-BF16 / AMX; CUDA GPUs that support it), else fp32; others are kept as given."""
+    import torch
+
+    if precision != "auto":
+        return precision, "as requested"
+    if device_type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        where = "this GPU"
+    else:
+        from ..nn.inference import native_bf16
+
+        native = native_bf16()
+        where = f"this CPU ({torch.backends.cpu.get_cpu_capability()})"
+    if native:
+        return "bf16", f"auto: {where} computes bf16 natively"
+    return "fp32", f"auto: {where} has no native bf16, where bf16 would be slower than fp32"
+
+
 def effective_phi(spec: NetworkSpec) -> float:
     """log2(MACs / B0's MACs): 0 for B0, ~1 for B1-size, negative for scaled-down specs."""
     return math.log2(cost(spec).macs / B0_MACS)
@@ -103,7 +123,7 @@ def paper_recipe(spec: NetworkSpec, batch_size: int = 256) -> Recipe:
                   lr=0.016 * batch_size / 256, weight_decay=1e-5, momentum=0.9, eps=1e-3, warmup_epochs=5,
                   schedule="exponential", decay_rate=0.97, decay_epochs=2.4, label_smoothing=0.1,
                   ema_decay=0.9999, dropout=max(dropout, 0.2), drop_path_rate=max(drop_path, 0.2),
-                  augment="randaugment", precision="bf16")
+                  augment="randaugment", precision="auto")
 
 
 def quick_recipe(spec: NetworkSpec, batch_size: int = 128) -> Recipe:

@@ -31,7 +31,7 @@ from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import lr_factor, make_optimizer
-from .recipe import Recipe, get_recipe, quick_spec
+from .recipe import Recipe, get_recipe, quick_spec, resolve_precision
 
 CHECKPOINT_FORMAT = "effscale-train-1"
 
@@ -74,8 +74,11 @@ class TrainConfig:
             raise EffscaleError(f"accumulation={self.accumulation!r} must be an integer >= 1")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise EffscaleError(f"lr={self.lr!r} must be a finite number > 0")
-        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
-            raise EffscaleError("distill_alpha must be in [0, 1] and distill_temperature > 0")
+        if not (isinstance(self.distill_alpha, (int, float)) and 0 <= self.distill_alpha <= 1):
+            raise EffscaleError(f"distill_alpha={self.distill_alpha!r} must be a number in [0, 1]")
+        if not (isinstance(self.distill_temperature, (int, float)) and math.isfinite(self.distill_temperature)
+                and self.distill_temperature > 0):
+            raise EffscaleError(f"distill_temperature={self.distill_temperature!r} must be a finite number > 0")
         if self.resume and self.init:
             raise EffscaleError("--resume continues a run from its own checkpoint; drop --init")
 
@@ -136,6 +139,15 @@ def _resolve_student_spec(config: TrainConfig, init_spec: NetworkSpec | None) ->
     return spec
 
 
+def _check_trainable(spec: NetworkSpec) -> None:
+    from ..spec import MAX_TRAIN_MACS
+
+    macs = cost(spec, num_classes=0).macs
+    if macs > MAX_TRAIN_MACS:
+        raise EffscaleError(f"{spec.name} has {macs:.3g} MACs per image, more than the {MAX_TRAIN_MACS:.0e} effscale "
+                            "trains; choose a smaller model or --phi")
+
+
 def _read_init(path: str):
     """(spec or None, state dict in effscale keys) of an --init / --teacher checkpoint."""
     from ..weights import is_effscale_file, model_from_file
@@ -162,13 +174,23 @@ def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
-def _load_init(model: EfficientNet, source) -> None:
+def _load_init(model: EfficientNet, source, init_path: str) -> None:
     """Copy every matching weight; the classifier is re-initialised when the class count differs
-    and the stem adapted when the input channels differ. Any other shape difference is an error."""
-    if isinstance(source, Path):  # a foreign checkpoint: build its model from our spec and its layout
-        from ..weights import model_from_checkpoint
+    and the stem adapted when the input channels differ. Any other shape difference is an error.
 
+    The model computes like the checkpoint afterwards: the BN eps and padding its implementation
+    used (and an effscale file's activation) replace the model's, with one WeightsAdaptedWarning
+    (weights.match_compute); copying the tensors alone would give other logits."""
+    from ..weights import COMPUTE_FIELDS, match_compute, model_from_checkpoint, set_compute_fields
+
+    if isinstance(source, Path):
+        # A foreign checkpoint: its model is built from our spec and matched to its layout (that
+        # warns, once), then ours takes the same values.
         source = model_from_checkpoint(source, model.spec)
+        set_compute_fields(model, **{name: getattr(source.spec, name) for name in COMPUTE_FIELDS})
+    else:
+        match_compute(model, {name: getattr(source.spec, name) for name in COMPUTE_FIELDS}, origin=init_path,
+                      provenance="the spec the file was saved with")
     state = source.state_dict()
     target = model.state_dict()
     copied, mismatched = {}, []
@@ -263,7 +285,23 @@ def _progress(enabled: bool, total: int, completed: int):
 
 
 def train(config: TrainConfig) -> dict:
-    """Run training as `config` says; returns the summary written to out/summary.json."""
+    """Run training as `config` says; returns the summary written to out/summary.json.
+
+    Running out of memory is an EffscaleError that suggests a smaller batch; on Ctrl-C
+    (KeyboardInterrupt) the last checkpoint in `out` stays as it was, and `resume=True` continues."""
+    try:
+        return _train(config)
+    except (MemoryError, RuntimeError) as error:
+        text = str(error).lower()
+        if not (isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
+            raise
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise EffscaleError(f"training ran out of memory ({first}); the last checkpoint in {config.out} is kept. "
+                            "Start again with a smaller --batch-size, or keep the batch with --accumulation 2 "
+                            "or --grad-checkpointing") from None
+
+
+def _train(config: TrainConfig) -> dict:
     started = time.time()
     config.validate()
     dist_info = init_distributed()
@@ -271,6 +309,7 @@ def train(config: TrainConfig) -> dict:
 
     init_spec, init_source = _read_init(config.init) if config.init else (None, None)
     spec = _resolve_student_spec(config, init_spec)
+    _check_trainable(spec)
     # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
     storage = round(spec.resolution / spec.crop_pct) if config.data.startswith("folder:") else None
     splits = load_data(config.data, seed=config.seed, image_size=storage)
@@ -280,6 +319,11 @@ def train(config: TrainConfig) -> dict:
         spec = spec.replace(mean=mean, std=std)
     recipe = get_recipe(config.recipe, spec, config.batch_size)
     recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
+    precision, precision_reason = resolve_precision(recipe.precision, dist_info.device.type)
+    if recipe.precision == "auto":
+        recipe = recipe.replace(precision=precision)
+        if dist_info.main:
+            print(f"precision: {precision} ({precision_reason})", file=sys.stderr, flush=True)
     if recipe.precision == "fp16" and dist_info.device.type == "cpu":
         raise EffscaleError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
     per_rank = recipe.batch_size // (dist_info.world_size * config.accumulation)
@@ -295,7 +339,7 @@ def train(config: TrainConfig) -> dict:
     if dist_info.main:
         check_output_dir(out, _estimate_run_bytes(model))
     if init_source is not None:
-        _load_init(model, init_source)
+        _load_init(model, init_source, config.init)
     if config.linear_probe:
         _freeze_backbone(model)
     if config.grad_checkpointing:
@@ -443,7 +487,8 @@ def train(config: TrainConfig) -> dict:
         "steps": step, "epochs": recipe.epochs, "recipe": json.loads(json.dumps(asdict(recipe))), "model": spec.name,
         "resolution": spec.resolution, "data": config.data, "seed": config.seed,
         "weights": str(out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
-        "command": config.command or " ".join(sys.argv),
+        "command": config.command or " ".join(sys.argv), "precision": recipe.precision,
+        "precision_reason": precision_reason,
     }
     if dist_info.main:
         from ..weights import save_weights

@@ -1,0 +1,101 @@
+"""Adapting to the machine found: bf16 only where it is native, and a demo sized to keep its time."""
+from types import SimpleNamespace
+
+import pytest
+
+from effscale import EffscaleError
+from effscale.search import sizing
+from effscale.search.proxy import BUDGETS, get_budget
+
+
+def test_a_budget_with_steps_keeps_everything_else():
+    sized = get_budget("quick@40")
+    assert sized.steps == 40 and sized.name == "quick@40" and sized.batch_size == BUDGETS["quick"].batch_size
+    assert get_budget("quick") is BUDGETS["quick"]
+    for bad, message in (("quick@", None), ("quick@x", "whole number"), ("quick@0", "whole number"),
+                         ("quik@40", "did you mean quick")):
+        if message is None:
+            assert get_budget(bad) is BUDGETS["quick"]  # 'quick@' names the plain budget
+            continue
+        with pytest.raises(EffscaleError, match=message):
+            get_budget(bad)
+
+
+class _Cost:
+    def __init__(self, macs):
+        self.macs = macs
+
+
+class _Spec:
+    """A base whose width-2 version has 4x its MACs, as for a real MBConv network."""
+
+    def __init__(self, macs=1e6):
+        self.macs = macs
+
+    def scaled(self, coefficients):
+        return _Spec(self.macs * coefficients.width ** 2)
+
+    def analytic_cost(self, **kwargs):
+        return _Cost(self.macs)
+
+
+TASK = SimpleNamespace(num_classes=10, in_chans=1, test=([0] * 2000, None), minival=([0] * 2000, None))
+
+
+@pytest.fixture
+def step_time(monkeypatch):
+    """A machine where a training step takes `base` s for the base and 4x that for 4x the MACs."""
+    machine = SimpleNamespace(base=0.01)
+    monkeypatch.setattr(sizing, "_step_seconds", lambda spec, task, budget: machine.base * spec.macs / 1e6)
+    return machine
+
+
+def test_a_fast_machine_keeps_the_defaults(step_time):
+    result = sizing.size_demo(_Spec(), TASK, budget_name="quick", targets=(2, 4, 8), seeds=1, search_points=6,
+                              time_budget_s=600)
+    assert result.budget == "quick" and result.targets == (2, 4, 8) and result.notes == ()
+    assert result.estimated_s < 600
+
+
+def test_a_slow_machine_scales_steps_then_targets_down_and_says_so(step_time):
+    step_time.base = 0.15  # a few times slower: fewer steps suffice
+    fewer = sizing.size_demo(_Spec(), TASK, budget_name="quick", targets=(2, 4, 8), seeds=1, search_points=6,
+                             time_budget_s=600)
+    steps = get_budget(fewer.budget).steps
+    assert sizing.MIN_STEPS <= steps < 100 and fewer.targets == (2, 4, 8) and fewer.estimated_s <= 600
+    assert fewer.notes == (f"proxy steps 100 -> {steps}",)
+    step_time.base = 0.6  # far slower: the 8x target goes too
+    smaller = sizing.size_demo(_Spec(), TASK, budget_name="quick", targets=(2, 4, 8), seeds=1, search_points=6,
+                               time_budget_s=600)
+    assert smaller.targets in ((2,), (2, 4)) and smaller.notes[0].startswith("targets 2,4,8 -> ")
+    assert smaller.estimated_s <= 600
+
+
+def test_a_hopeless_budget_says_it_is_over(step_time):
+    step_time.base = 10.0
+    result = sizing.size_demo(_Spec(), TASK, budget_name="short", targets=(2, 4), seeds=1, search_points=4,
+                              time_budget_s=60)
+    assert result.targets == (2,) and get_budget(result.budget).steps == sizing.MIN_STEPS
+    assert "over the 60 s budget" in result.notes[-1]
+    with pytest.raises(EffscaleError, match="time budget 0 s must be > 0"):
+        sizing.size_demo(_Spec(), TASK, budget_name="short", targets=(2,), seeds=1, search_points=4, time_budget_s=0)
+
+
+# -- precision -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(monkeypatch, native):
+    import torch
+
+    from effscale.nn import inference
+    from effscale.nn.inference import prepare_for_inference
+    from effscale.train.recipe import paper_recipe, resolve_precision
+    from effscale import create_model, get_spec
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: native)
+    assert paper_recipe(get_spec("efficientnet_b0")).precision == "auto"
+    chosen, why = resolve_precision("auto", "cpu")
+    assert chosen == ("bf16" if native else "fp32") and why.startswith("auto: this CPU")
+    assert ("has no native bf16" in why) is not native
+    assert resolve_precision("bf16", "cpu") == ("bf16", "as requested")
+    model = prepare_for_inference(create_model("efficientnet_lite0", num_classes=3), bf16="auto")
+    assert next(model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
