@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Lets timm/torchvision import under the CPU-only torch, for the parity tests and benchmarks only.
-TVSHIM := $(abspath ../shared/tools/tvshim)
-REF_PATH := $(if $(wildcard $(TVSHIM)/sitecustomize.py),$(TVSHIM),)
+# Lets timm/torchvision import under the CPU-only torch, for the parity tests and benchmarks only
+# (tests/refshim/sitecustomize.py). Absolute, so that subprocesses started elsewhere find it too.
+REF_PATH := $(abspath tests/refshim)
 
 .PHONY: setup test demo bench clean
 

@@ -20,7 +20,7 @@ Ratios are speedups (reference median / row median) against the fastest timm/tor
 eager row and against the fastest timm/torchvision row of any configuration.
 
 Run (from the repository root; timm/torchvision need the shim under a CPU-only torch):
-    PYTHONPATH=../shared/tools/tvshim .venv/bin/python benchmarks/inference.py \
+    PYTHONPATH=tests/refshim .venv/bin/python benchmarks/inference.py \
         --out benchmarks/results/inference.md --json benchmarks/results/inference.json
 Weights are random (pretrained=False / weights=None): latency does not depend on them.
 """
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     missing = [m for m in REFERENCES if info["versions"][m].startswith("unavailable")]
     if missing:
         print(f"cannot import {', '.join(missing)}: under a CPU-only torch run with "
-              "PYTHONPATH=../shared/tools/tvshim (see Makefile `bench`)", file=sys.stderr)
+              "PYTHONPATH=tests/refshim (see Makefile `bench`)", file=sys.stderr)
         return 2
     cases = [parse_case(c) for c in args.case] if args.case else CASES
     start = time.perf_counter()

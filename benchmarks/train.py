@@ -23,7 +23,7 @@ with the order shuffled each round (drift spreads over all rows); per row the ti
 all rounds are pooled and the peak is the median over rounds.
 
 Run from the repository root (timm needs the shim under the CPU-only torch):
-    PYTHONPATH=../shared/tools/tvshim .venv/bin/python benchmarks/train.py \\
+    PYTHONPATH=tests/refshim .venv/bin/python benchmarks/train.py \\
         --out benchmarks/results/train.md --json benchmarks/results/train.json
 """
 from __future__ import annotations
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     try:
         info = machine(args.threads)
     except ImportError as error:
-        print(f"cannot import {error.name}: under a CPU-only torch run with PYTHONPATH=../shared/tools/tvshim",
+        print(f"cannot import {error.name}: under a CPU-only torch run with PYTHONPATH=tests/refshim",
               file=sys.stderr)
         return 2
     mode = "quick" if args.quick else "full"

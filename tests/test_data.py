@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import time
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -20,10 +19,9 @@ from effscale.errors import EffscaleError
 # -- bundled ---------------------------------------------------------------------------------------
 
 
-def test_bundled_fashion_mnist_is_balanced_uint8_and_fast():
-    start = time.perf_counter()
+def test_bundled_fashion_mnist_is_balanced_uint8():
+    # How fast it loads is a benchmark figure, not a test: a clock here fails on a busy machine.
     splits = load_data("fashion-mnist")
-    assert time.perf_counter() - start < 2.0  # about 0.06 s; generous for a loaded CI machine
     assert splits.source == "fashion-mnist"
     for dataset, count in ((splits.train, 12000), (splits.test, 2000)):
         assert dataset.images.shape == (count, 1, 28, 28) and dataset.images.dtype == torch.uint8

@@ -61,11 +61,14 @@ def same_structure(a: NetworkSpec, b: NetworkSpec) -> bool:
 # -- planner: compound scaling ------------------------------------------------------------------------
 def test_plan_picks_the_largest_phi_under_the_latency_law(measured):
     profile, budget = FakeProfile(), 4.0
+    measured.factor = 0.9  # not 1.0: the result must report the measurement, not echo the prediction
     result = plan(profile, latency_ms=budget, base=TINY)
     phi = result.coefficients["phi"]
     assert same_structure(result.spec, compound(TINY, phi))
     assert result.fits and result.predicted_ms <= budget
-    assert result.measured_ms == pytest.approx(result.predicted_ms)
+    assert result.predicted_ms == pytest.approx(profile.predict_latency(result.spec))
+    assert result.measured_ms == pytest.approx(0.9 * result.predicted_ms)
+    assert result.attempts[0]["measured_ms"] == result.measured_ms
     assert measured.calls == [result.name]
     # every bigger phi on the grid is a bigger model that breaks the budget
     bigger = [compound(TINY, phi + k * PHI_STEP) for k in range(1, 41)]
@@ -288,11 +291,18 @@ def test_measured_peak_memory_agrees_with_the_prediction():
     measured = {b: budgets.measure_peak_memory(spec, profile, batch=b) for b in (8, 64)}
     predicted = {b: budgets.predict_peak_memory(spec, profile, batch=b) for b in (8, 64)}
     assert measured[8].inference_growth_bytes > 0 and measured[8].model_bytes > predicted[8].weights_bytes
-    # The fixed part (library pages first touched, allocator arenas) varies between environments by
-    # 10-30 MB for a model this small: check it loosely, and the batch-dependent part closely.
-    assert 0.5 < measured[8].total_bytes / predicted[8].total_bytes < 3
+    # Building the model: its weights plus the build allowance (documented as 9-15 MB measured).
+    build = measured[8].model_bytes - predicted[8].weights_bytes
+    assert abs(build - predicted[8].build_bytes) < 5 * budgets.MB
+    # The batch-dependent part (activations) closely: what batch 64 adds over batch 8.
     growth = measured[64].total_bytes - measured[8].total_bytes
     assert growth == pytest.approx(predicted[64].total_bytes - predicted[8].total_bytes, rel=0.35)
+    # The whole figure: the runtime allowance (oneDNN scratch, thread pools) varies between machines
+    # (10 MB where it was fitted, ~25 MB on an AVX2-only one), so the total is checked within 2x, which
+    # a prediction missing the runtime term (or the activations) would break.
+    assert 0.8 < measured[8].total_bytes / predicted[8].total_bytes < 2.0
+    without_runtime = predicted[8].total_bytes - predicted[8].runtime_bytes
+    assert measured[8].total_bytes > 1.2 * without_runtime
 
 
 # -- thermal ------------------------------------------------------------------------------------------
@@ -391,15 +401,24 @@ def test_training_carbon_arithmetic_and_assumptions():
 # -- command line -------------------------------------------------------------------------------------
 @pytest.fixture
 def cli_profile(monkeypatch, measured, tmp_path):
-    monkeypatch.setattr(effscale.hardware, "load_profile", lambda path: FakeProfile())
+    """A real profile file (synthetic timings with a known law, read by the real `load_profile`)
+    and a tiny base spec file; only the measurements are replaced: latency (`measured`, 0.9x the
+    prediction) and the re-anchoring timings (the profile's level held as it was profiled)."""
+    from test_hardware_profile import synthetic_profile
+
+    from effscale.hardware import anchor
+
+    monkeypatch.setattr(anchor, "measure_anchor", lambda profile, **options: anchor.Anchor(1.0, (), 0.0))
+    measured.factor = 0.9
     base = tmp_path / "tiny.spec"
     base.write_text(TINY_TEXT)
-    return base
+    device = synthetic_profile().save(tmp_path / "device.json")
+    return SimpleNamespace(base=str(base), device=str(device), profile=effscale.hardware.load_profile(device))
 
 
 def test_cli_plan_json(cli_profile, capsys, tmp_path):
     spec_out = tmp_path / "free.spec"
-    assert main(["plan", "--device", "device.json", "--base", str(cli_profile), "--latency-ms", "4",
+    assert main(["plan", "--device", cli_profile.device, "--base", cli_profile.base, "--latency-ms", "1.8",
                  "--memory-mb", "40", "--sustained", "laptop", "--free-coefficients", "--spec-out", str(spec_out),
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -408,13 +427,27 @@ def test_cli_plan_json(cli_profile, capsys, tmp_path):
         assert key in data
     assert data["fits"] is True and data["sustained"]["preset"] == "laptop" and data["memory_mb"] <= 40
     assert data["train_command"].startswith(f"effscale train --model {spec_out} ")
-    assert NetworkSpec.from_text(spec_out.read_text()).to_text() == data["spec"]
+    chosen = NetworkSpec.from_text(spec_out.read_text())
+    assert chosen.to_text() == data["spec"]
+    # the figures are the device file's prediction and the measurement, as the API gives them
+    assert data["predicted_ms"] == pytest.approx(cli_profile.profile.predict_latency(chosen))
+    assert data["measured_ms"] == pytest.approx(0.9 * data["predicted_ms"])
+    api = plan(cli_profile.profile, latency_ms=1.8, memory_mb=40, sustained="laptop", free_coefficients=True,
+               base=TINY)
+    assert api.to_dict()["spec"] == data["spec"]
 
 
 def test_cli_plan_text(cli_profile, capsys):
-    assert main(["plan", "--device", "device.json", "--base", str(cli_profile), "--latency-ms", "4"]) == 0
+    profile = cli_profile.profile
+    budget = profile.predict_latency(compound(TINY, 1.0))  # the device file's law decides what fits
+    assert main(["plan", "--device", cli_profile.device, "--base", cli_profile.base, "--latency-ms", f"{budget}"]) == 0
     out = capsys.readouterr().out
     assert "fits (measured)" in out and "train it: effscale train --model SPEC_FILE" in out
+    chosen = plan(profile, latency_ms=budget, base=TINY)
+    assert chosen.name in out and chosen.predicted_ms <= budget
+    assert f"{chosen.predicted_ms:.3g} ms" in out and f"{0.9 * chosen.predicted_ms:.3g} ms" in out
+    smaller = plan(profile, latency_ms=profile.predict_latency(compound(TINY, 0.0)), base=TINY)
+    assert smaller.macs < chosen.macs
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -423,7 +456,7 @@ def test_cli_plan_text(cli_profile, capsys):
     (["--latency-ms", "4", "--sustained", "oven"], "thermal preset 'oven' is unknown"),
 ])
 def test_cli_plan_errors_are_one_line_with_exit_code_2(cli_profile, capsys, argv, message):
-    assert main(["plan", "--device", "device.json", "--base", str(cli_profile), *argv]) == 2
+    assert main(["plan", "--device", cli_profile.device, "--base", cli_profile.base, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("effscale: error:")
 
@@ -435,19 +468,49 @@ def test_plan_verifies_a_tiny_model_with_real_timings():
     assert result.attempts[0]["measured_ms"] == result.measured_ms
 
 
-def test_verification_measures_energy_where_rapl_is_readable(measured, monkeypatch, tmp_path):
-    package = tmp_path / "intel-rapl:0"
+def rapl_package(root: Path, energy_uj: int = 1000) -> Path:
+    package = root / "intel-rapl:0"
     package.mkdir()
-    (package / "energy_uj").write_text("1000\n")  # a frozen counter: 0 mJ per call, but read through RAPL
-    (package / "max_energy_range_uj").write_text("100000\n")
+    (package / "energy_uj").write_text(f"{energy_uj}\n")
+    (package / "max_energy_range_uj").write_text("100000000\n")
+    return package
+
+
+def test_verification_measures_energy_where_rapl_counts(measured, monkeypatch, tmp_path):
+    rapl_package(tmp_path)
+    monkeypatch.setattr(budgets, "RAPL_ROOT", tmp_path)
+    monkeypatch.setattr(budgets, "RAPL_MIN_SECONDS", 0.0)
+    reads = []
+
+    def counting(self):  # the package counter moves 20 000 uJ between the two reads around the calls
+        reads.append(1)
+        return [1000 + 20_000 * len(reads)]
+
+    monkeypatch.setattr(budgets.RaplCounter, "read", counting)
+    result = plan(FakeProfile(), latency_ms=4.0, energy_mj=10.0, memory_mb=100, base=TINY)
+    calls = 5  # rapl_energy's minimum, with no minimum time
+    assert result.energy.method == "rapl" and result.energy.total_mj == pytest.approx(20_000e-3 / calls)
+    assert result.fits and result.to_dict()["energy_method"] == "rapl"
+    assert any(note.startswith("memory is predicted, not measured") for note in result.notes)
+
+
+def test_a_frozen_rapl_counter_is_not_an_energy_measurement(measured, monkeypatch, tmp_path):
+    rapl_package(tmp_path)  # readable, but it never advances: it measured nothing, not 0 mJ
     monkeypatch.setattr(budgets, "RAPL_ROOT", tmp_path)
     monkeypatch.setattr(budgets, "RAPL_MIN_SECONDS", 0.0)
     result = plan(FakeProfile(), latency_ms=4.0, energy_mj=10.0, memory_mb=100, base=TINY)
-    assert result.energy.method == "rapl" and result.energy.total_mj == 0 and result.fits
-    assert any(note.startswith("memory is predicted, not measured") for note in result.notes)
+    assert result.energy.method == "analytic" and result.energy.total_mj > 0
+    assert result.energy.total_mj == pytest.approx(budgets.analytic_energy(result.spec).total_mj)
+    assert any(note.startswith("memory and energy are predicted, not measured") for note in result.notes)
+    with pytest.raises(EffscaleError, match="did not advance"):
+        budgets.energy_per_inference(ONE_BLOCK, FakeProfile(), method="rapl", rapl_root=tmp_path)
+
+
+def test_analytic_energy_without_verification():
     analytic = plan(FakeProfile(), latency_ms=4.0, energy_mj=10.0, base=TINY, verify=False)
-    assert analytic.energy.method == "analytic" and analytic.notes == ["save the planned spec text to SPEC_FILE (or "
-                                                                       "pass spec_out / --spec-out) before training"]
+    assert analytic.energy.method == "analytic" and analytic.fits is None and analytic.measured_ms is None
+    assert analytic.energy.total_mj == pytest.approx(budgets.analytic_energy(analytic.spec).total_mj)
+    assert "save the planned spec text to SPEC_FILE (or pass spec_out / --spec-out) before training" in analytic.notes
 
 
 def test_demo_shape_tiny_base_searched_rule_accuracy_rows_and_verification(measured):

@@ -138,7 +138,7 @@ def test_bad_prediction_arguments(profile):
         profile.predict_latency(B0, method="lutt")
     with pytest.raises(EffscaleError, match="batch=0"):
         profile.predict_latency(B0, batch=0)
-    with pytest.raises(EffscaleError, match="got int"):
+    with pytest.raises(TypeError, match="got int 42"):  # a wrong type is a TypeError naming it (issue 9)
         profile.predict_latency(42)
     assert profile.predict_latency("efficientnet_b0") == profile.predict_latency(B0)
 

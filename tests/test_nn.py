@@ -72,6 +72,40 @@ def test_drop_path_only_in_training_and_linear():
     assert torch.equal(model(x), model(x))
 
 
+def test_drop_path_drops_whole_samples_at_its_rate_and_rescales_the_rest():
+    from effscale.nn.layers import DropPath
+
+    rate, samples = 0.3, 20_000
+    drop = DropPath(rate).train()
+    x = torch.rand(samples, 2, 3, 3) + 1  # no zeros of its own
+    torch.manual_seed(0)
+    out = drop(x)
+    dropped = (out == 0).flatten(1).all(1)
+    kept = ~dropped
+    assert torch.equal((out == 0).flatten(1).any(1), dropped)  # a sample is dropped whole or not at all
+    # binomial: the dropped fraction's standard deviation is sqrt(0.3 * 0.7 / 20000) = 0.0032
+    assert abs(dropped.float().mean().item() - rate) < 0.015
+    torch.testing.assert_close(out[kept], x[kept] / (1 - rate))  # the expectation is unchanged
+    torch.manual_seed(1)
+    assert not torch.equal(drop(x), out)  # a new draw each call
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_drop_path_in_a_residual_block_keeps_only_the_shortcut_of_dropped_samples():
+    spec = effscale.NetworkSpec.from_text("network one res=32 stem=8 head=8 dropout=0 drop_path=0.5\n"
+                                          "mbconv r2 k3 s1 e2 c8 se0.25")
+    block = effscale.create_model(spec, num_classes=2).stages[0][1]  # the second block has a residual
+    assert block.drop_path.rate > 0 and block.has_residual
+    x = torch.randn(400, 8, 4, 4)
+    block.train()
+    torch.manual_seed(0)
+    out = block(x)
+    shortcut_only = (out - x).flatten(1).abs().amax(1) == 0
+    assert 0.05 < shortcut_only.float().mean().item() < 0.95  # some samples dropped, some kept
+    block.eval()
+    assert torch.equal(block(x), block(x)) and not ((block(x) - x).flatten(1).abs().amax(1) == 0).any()
+
+
 def test_same_padding_matches_tf_output_sizes():
     model = small_model("efficientnet_b0", padding="same")
     assert any(isinstance(m, Conv2dSame) for m in model.modules())

@@ -2,7 +2,7 @@
 bad inputs, preprocessing and prediction with a real ImageNet EfficientNet-Lite0 checkpoint.
 
 Reference implementations are optional: their tests skip when the package is absent or fails to
-import (timm and torchvision need PYTHONPATH=../shared/tools/tvshim under a CPU-only torch).
+import (timm and torchvision need PYTHONPATH=tests/refshim under a CPU-only torch).
 """
 from __future__ import annotations
 
