@@ -110,6 +110,8 @@ def test_reanchor_scales_fitted_predictions_by_measured_over_profiled(tiny_profi
         assert anchored.predict_latency(TINY, method=method) == pytest.approx(factor * slow.predict_latency(TINY, method=method))
     assert anchored.predict_latency(TINY, method="roofline") == slow.predict_latency(TINY, method="roofline")
     assert slow.anchor is None and "anchor" not in anchored.to_dict()  # a run-time state, never saved
+    planned = plan(anchored, latency_ms=1e3, base=TINY, verify=False)  # a level far from 1 is pointed out
+    assert any(note.startswith(f"this machine runs {factor:.2f}x the profiled time now") for note in planned.notes)
 
 
 def test_plan_reanchors_and_records_it_unless_told_not_to(tiny_profile):

@@ -556,6 +556,10 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
         profile = profile.reanchor()
     if getattr(profile, "anchor", None) is not None:
         say(profile.anchor.describe())
+        if not 1 / 1.3 <= profile.anchor.factor <= 1.3:
+            anchor_notes.append(f"this machine runs {profile.anchor.factor:.2f}x the profiled time now: the plan is "
+                                "for the machine as it is now (is something else running? --no-anchor plans for "
+                                "the profiled machine)")
         if profile.anchor.disagreement > 0.10:
             anchor_notes.append(f"the anchor networks drifted differently ({profile.anchor.describe()}): the machine's "
                                 "speed is changing; predictions are less certain")
