@@ -149,3 +149,14 @@ def test_a_measured_energy_overshoot_steps_down_like_latency(monkeypatch, tiny_p
     assert len(result.attempts) >= 2 and result.attempts[0]["name"] == first_choice.name
     assert result.attempts[0]["energy_mj"] > 2.0 and not result.attempts[0]["fits"]
     assert cost(result.spec).macs < first_choice.macs
+
+
+def test_an_unwritable_spec_out_fails_before_any_work(tiny_profile, monkeypatch, tmp_path):
+    from effscale.hardware import profile as profile_module
+
+    monkeypatch.setattr(profile_module.DeviceProfile, "reanchor", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(EffscaleError, match="spec_out '/nonexistent-folder/x.spec': folder '/nonexistent-folder' "
+                                            "does not exist"):
+        plan(tiny_profile, latency_ms=5.0, base=TINY, spec_out="/nonexistent-folder/x.spec")
+    with pytest.raises(EffscaleError, match="is a folder"):
+        plan(tiny_profile, latency_ms=5.0, base=TINY, spec_out=tmp_path)

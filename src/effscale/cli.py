@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from .errors import EffscaleError
+from .errors import EffscaleError, check_writable_file, is_out_of_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,33 +198,13 @@ def _numbers(text: str, option: str) -> list[float]:
         raise EffscaleError(f"{option} {text!r} must be comma-separated numbers, e.g. 2,4,8") from None
 
 
-def _check_writable_file(path: str, option: str) -> None:
-    """Fail now, not after minutes of measuring, when `path` cannot be written: its folder must
-    exist and take a new file, and `path` must not be a folder."""
-    import os
-    import tempfile
-
-    target = os.path.abspath(os.path.expanduser(path))
-    folder = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise EffscaleError(f"{option} {path!r} is a folder; give a file path such as {os.path.join(path, 'device.json')!r}")
-    if not os.path.isdir(folder):
-        raise EffscaleError(f"{option} {path!r}: folder {folder!r} does not exist; create it or choose another path")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".effscale-write-test-"):
-            pass
-    except OSError as error:
-        raise EffscaleError(f"{option} {path!r}: cannot write in {folder!r} ({error.strerror or error}); "
-                            "choose another path") from None
-
-
 def cmd_profile(args) -> None:
     from .hardware import load_profile, run_profile
 
     if args.show:
         profile, path = load_profile(args.show), args.show
     else:
-        _check_writable_file(args.out, "--out")
+        check_writable_file(args.out, "--out")
         profile = run_profile(threads=args.threads, precision=args.precision, quick=args.quick,
                               progress=not args.json, strict=args.strict, _tiny=args.tiny)
         path = profile.save(args.out)
@@ -493,11 +473,6 @@ def _interrupted(args) -> str:
     return "interrupted"
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -514,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"effscale: {_interrupted(args)}", file=sys.stderr)
             return 130
         except (MemoryError, RuntimeError) as error:
-            if not _is_out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             print(f"effscale: error: out of memory ({first}); use a smaller --batch-size (or a smaller model / "

@@ -68,6 +68,13 @@ def check_size_limits(spec, *, max_resolution: int = MAX_RESOLUTION, unit: str =
            f"resolution={spec.resolution!r} must be <= {max_resolution} {unit}")
 
 
+def check_trainable_macs(macs: float, subject: str, unit: str, remedy: str) -> None:
+    """Refuse, before any training, a model above MAX_TRAIN_MACS: '<subject> <macs> MACs <unit>, more
+    than ... effscale trains; <remedy>'."""
+    _check(macs <= MAX_TRAIN_MACS, f"{subject} {macs:.3g} MACs {unit}, more than the {MAX_TRAIN_MACS:.0e} "
+                                   f"effscale trains; {remedy}")
+
+
 def _fmt_num(value: float) -> str:
     """Shortest text that parses back to the same float (ints without a trailing .0)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cost import cost
-from ..errors import EffscaleError
+from ..errors import EffscaleError, check_writable_file
 from ..scaling import Coefficients, ScalingRule, compound, scale
 from ..spec import EFFICIENTNET_B0, MIN_RESOLUTION, NetworkSpec
 from . import budgets
@@ -529,6 +529,8 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
     (module docstring; skipped when there is no latency budget or the profile is already anchored).
     """
     say = _progress_printer(progress)
+    if spec_out is not None:
+        check_writable_file(spec_out, "spec_out")  # before minutes of searching and measuring
     latency_ms = _check_budget("latency_ms", latency_ms)
     memory_mb = _check_budget("memory_mb", memory_mb)
     energy_mj = _check_budget("energy_mj", energy_mj)

@@ -184,13 +184,11 @@ class CoefficientSearch:
     def _check_trainable(self) -> None:
         """Refuse, before any training, a base whose candidates (about `target` x its MACs) are
         beyond what effscale trains (MAX_TRAIN_MACS)."""
-        from ..spec import MAX_TRAIN_MACS
+        from ..spec import check_trainable_macs
 
-        macs = macs_of(self.base, self.task.num_classes, self.task.in_chans) * self.target
-        if macs > MAX_TRAIN_MACS:
-            raise EffscaleError(f"the candidates of {self.base.name} at target {self.target:g} have about {macs:.3g} "
-                                f"MACs per example, more than the {MAX_TRAIN_MACS:.0e} effscale trains; use a "
-                                "smaller base (or --phi) or target")
+        check_trainable_macs(macs_of(self.base, self.task.num_classes, self.task.in_chans) * self.target,
+                             f"the candidates of {self.base.name} at target {self.target:g} have about",
+                             "per example", "use a smaller base (or --phi) or target")
 
     def fingerprint(self) -> dict:
         return {"base": self.base.to_text(), "data": self.config.data, "target": self.target,

@@ -223,16 +223,14 @@ def run_study(config: StudyConfig) -> dict:
 
 def _check_trainable(runs: list[dict], base, task) -> None:
     """Refuse, before any training, a run whose model is beyond what effscale trains (MAX_TRAIN_MACS)."""
-    from ..spec import MAX_TRAIN_MACS
+    from ..spec import MAX_TRAIN_MACS, check_trainable_macs
     from .strategies import macs_of
 
     base_macs = macs_of(base, task.num_classes, task.in_chans)
     for run in runs:
-        macs = base_macs * run["macs_ratio"]
-        if macs > MAX_TRAIN_MACS:
-            raise EffscaleError(f"target {run['target']:g}x: the {run['strategy']} model has {macs:.3g} MACs per "
-                                f"example, more than the {MAX_TRAIN_MACS:.0e} effscale trains; allowed: targets up to "
-                                f"{MAX_TRAIN_MACS / base_macs:.4g}x for {base.name}")
+        check_trainable_macs(base_macs * run["macs_ratio"], f"target {run['target']:g}x: the {run['strategy']} "
+                             "model has", "per example",
+                             f"allowed: targets up to {MAX_TRAIN_MACS / base_macs:.4g}x for {base.name}")
 
 
 def _check_resume(path: Path, fingerprint: dict) -> None:

@@ -22,11 +22,11 @@ from torch import nn
 
 from ..cost import cost
 from ..data import BatchTransform, batches_per_epoch, iterate_batches, load_data
-from ..errors import EffscaleError
+from ..errors import EffscaleError, is_out_of_memory
 from ..model import resolve_spec
 from ..nn.network import EfficientNet
 from ..scaling import compound
-from ..spec import NetworkSpec
+from ..spec import NetworkSpec, check_trainable_macs
 from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluate import evaluate
@@ -137,15 +137,6 @@ def _resolve_student_spec(config: TrainConfig, init_spec: NetworkSpec | None) ->
     if config.phi is not None:
         spec = compound(spec, config.phi)
     return spec
-
-
-def _check_trainable(spec: NetworkSpec) -> None:
-    from ..spec import MAX_TRAIN_MACS
-
-    macs = cost(spec, num_classes=0).macs
-    if macs > MAX_TRAIN_MACS:
-        raise EffscaleError(f"{spec.name} has {macs:.3g} MACs per image, more than the {MAX_TRAIN_MACS:.0e} effscale "
-                            "trains; choose a smaller model or --phi")
 
 
 def _read_init(path: str):
@@ -292,8 +283,7 @@ def train(config: TrainConfig) -> dict:
     try:
         return _train(config)
     except (MemoryError, RuntimeError) as error:
-        text = str(error).lower()
-        if not (isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text):
+        if not is_out_of_memory(error):
             raise
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise EffscaleError(f"training ran out of memory ({first}); the last checkpoint in {config.out} is kept. "
@@ -309,7 +299,8 @@ def _train(config: TrainConfig) -> dict:
 
     init_spec, init_source = _read_init(config.init) if config.init else (None, None)
     spec = _resolve_student_spec(config, init_spec)
-    _check_trainable(spec)
+    check_trainable_macs(cost(spec, num_classes=0).macs, f"{spec.name} has", "per image",
+                         "choose a smaller model or --phi")
     # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
     storage = round(spec.resolution / spec.crop_pct) if config.data.startswith("folder:") else None
     splits = load_data(config.data, seed=config.seed, image_size=storage)
