@@ -27,13 +27,13 @@ class _Cost:
 
 
 class _Spec:
-    """A base whose width-2 version has 4x its MACs, as for a real MBConv network."""
+    """A base whose MACs scale by d * w^2 * r^2, as a real MBConv network's do (up to rounding)."""
 
     def __init__(self, macs=1e6):
         self.macs = macs
 
     def scaled(self, coefficients):
-        return _Spec(self.macs * coefficients.width ** 2)
+        return _Spec(self.macs * coefficients.flops_factor)
 
     def analytic_cost(self, **kwargs):
         return _Cost(self.macs)
@@ -69,6 +69,29 @@ def test_a_slow_machine_scales_steps_then_targets_down_and_says_so(step_time):
                                time_budget_s=600)
     assert smaller.targets in ((2,), (2, 4)) and smaller.notes[0].startswith("targets 2,4,8 -> ")
     assert smaller.estimated_s <= 600
+
+
+def test_each_dimension_is_timed_on_its_own(monkeypatch):
+    # Depth-scaled models cost more per MAC (more, smaller layers): the estimate must see it.
+    def step_seconds(spec, task, budget):
+        return 0.01 * spec.macs / 1e6 * (2.0 if spec.deep else 1.0)
+
+    class Deep(_Spec):
+        deep = False
+
+        def scaled(self, coefficients):
+            child = Deep(self.macs * coefficients.flops_factor)
+            child.deep = coefficients.depth > 1
+            return child
+
+    monkeypatch.setattr(sizing, "_step_seconds", step_seconds)
+    result = sizing.size_demo(Deep(), TASK, budget_name="quick", targets=(2,), seeds=1, search_points=0,
+                              time_budget_s=1e6)
+    assert result.step_s["depth"] == pytest.approx(2 * result.step_s["width"])
+    uniform = sizing.estimate_seconds(100, [("width", 2.0)], lambda s, r: 0.01 * r, get_budget("quick"), 2000)
+    deep = sizing.estimate_seconds(100, [("depth", 2.0)], lambda s, r: 0.01 * r * (2 if s == "depth" else 1),
+                                   get_budget("quick"), 2000)
+    assert deep == pytest.approx(2 * uniform)
 
 
 def test_a_hopeless_budget_says_it_is_over(step_time):

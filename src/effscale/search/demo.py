@@ -95,7 +95,7 @@ def _size_to_machine(settings: DemoSettings, time_budget_s: float, device: str |
             if saved.get("time_budget_s") == time_budget_s and saved.get("defaults") == settings.__dict__ | {
                     "targets": list(settings.targets)}:
                 sizing = Sizing(budget=saved["budget"], targets=tuple(saved["targets"]), estimated_s=saved["estimated_s"],
-                                step_s=tuple(saved["step_s"]), notes=tuple(saved["notes"]) + ("resumed",), seconds=0.0)
+                                step_s=dict(saved["step_s"]), notes=tuple(saved["notes"]) + ("resumed",), seconds=0.0)
                 return replace(settings, budget=sizing.budget, targets=sizing.targets), sizing
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: size again
@@ -138,7 +138,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
 
     _say(f"[0/4] sizing the demo to this machine (time budget {time_budget_s:g} s)")
     settings, sizing = _size_to_machine(settings, float(time_budget_s), device, out / "sizing.json")
-    _say(f"      a proxy step takes {sizing.step_s[0] * 1e3:.0f} ms here (4x model {sizing.step_s[1] * 1e3:.0f} ms); "
+    probes = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in sizing.step_s.items() if k != "base")
+    _say(f"      a proxy step takes {sizing.step_s['base'] * 1e3:.0f} ms here (~4x MACs by {probes}); "
          + (f"scaled down: {'; '.join(sizing.notes)}" if sizing.notes else "nothing scaled down")
          + f"; estimated {sizing.estimated_s:.0f} s")
     timings["sizing"] = sizing.seconds
