@@ -13,7 +13,7 @@ where t_s(r) is a training step, linear in r through the base's step and the pro
 dimension (a floor of half the base's step keeps it positive), and a forward-only batch costs
 FORWARD_SHARE of a training step (forward + backward + optimizer ~ 3 forwards). One probe per
 dimension because time per MAC differs between them: on a 2-core AVX2 machine a depth-scaled
-model took 2.3x as long as a width-scaled one of the same MACs (more, smaller layers), and a
+model took 2.2x as long per step as a width-scaled one of about the same MACs (more, smaller layers), and a
 single width probe underestimated a whole demo by 18 %. Compound scaling and the coefficient
 search's candidates mix the dimensions: they take the mean of the three slopes.
 """
