@@ -291,16 +291,23 @@ def test_measured_peak_memory_agrees_with_the_prediction():
     measured = {b: budgets.measure_peak_memory(spec, profile, batch=b) for b in (8, 64)}
     predicted = {b: budgets.predict_peak_memory(spec, profile, batch=b) for b in (8, 64)}
     assert measured[8].inference_growth_bytes > 0 and measured[8].model_bytes > predicted[8].weights_bytes
-    # Building the model: its weights plus the build allowance (documented as 9-15 MB measured).
+    # Building the model adds its weights as anonymous memory (give or take heap chunks reused)...
+    anonymous = measured[8].model_bytes - measured[8].model_file_bytes
+    assert abs(anonymous - predicted[8].weights_bytes) < 3 * budgets.MB
+    # ...and library code pages, which depend on the kernel (7-17 MB seen on three machines): the build
+    # allowance is checked to be present and of the right size, not to the MB.
     build = measured[8].model_bytes - predicted[8].weights_bytes
-    assert abs(build - predicted[8].build_bytes) < 5 * budgets.MB
-    # The batch-dependent part (activations) closely: what batch 64 adds over batch 8.
-    growth = measured[64].total_bytes - measured[8].total_bytes
+    assert 0.3 * predicted[8].build_bytes < build < 2.5 * predicted[8].build_bytes
+    # The batch-dependent part (activations) closely: what batch 64 adds over batch 8 in anonymous
+    # memory (code pages the first call maps do not depend on the batch, but differ between kernels).
+    def anonymous_total(m):
+        return m.total_bytes - m.model_file_bytes - m.inference_file_bytes
+    growth = anonymous_total(measured[64]) - anonymous_total(measured[8])
     assert growth == pytest.approx(predicted[64].total_bytes - predicted[8].total_bytes, rel=0.35)
     # The whole figure: the runtime allowance (oneDNN scratch, thread pools) varies between machines
-    # (10 MB where it was fitted, ~25 MB on an AVX2-only one), so the total is checked within 2x, which
+    # (10 MB where it was fitted, ~25 MB on an AVX2-only one), so the total is checked within 2.5x, which
     # a prediction missing the runtime term (or the activations) would break.
-    assert 0.8 < measured[8].total_bytes / predicted[8].total_bytes < 2.0
+    assert 0.8 < measured[8].total_bytes / predicted[8].total_bytes < 2.5
     without_runtime = predicted[8].total_bytes - predicted[8].runtime_bytes
     assert measured[8].total_bytes > 1.2 * without_runtime
 

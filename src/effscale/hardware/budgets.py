@@ -16,10 +16,18 @@ Peak inference memory (`predict_peak_memory`)
   + runtime   RUNTIME_ALLOWANCE_BYTES: what the first call allocates besides tensors (oneDNN
               kernels and scratch, thread-pool and allocator state). Measured 9-10 MB for
               channels_last and ~15 MB for NCHW on this project's x86 machine, independent of
-              the model's size; it is a per-process cost paid once.
+              the model's size; it is a per-process cost paid once. Most of it is code pages
+              (oneDNN, ATen kernels) mapped by the first call (`inference_file_bytes`: 11 of
+              14 MB at batch 8 on an AVX2-only machine), which is why it varies between
+              machines and kernels while the activation term does not.
   + build     BUILD_ALLOWANCE_BYTES: what building the model leaves in RSS besides its weights.
-              Hundreds of small parameter tensors are created, initialised, folded and freed;
-              glibc keeps small freed chunks in its heap. Measured 9-15 MB from a 32 px B0 to B4.
+              Mostly library code: the first use of each torch operator (initialisers, BN
+              folding) maps libtorch's code pages, which RSS counts (`model_file_bytes`); the
+              rest is small freed chunks glibc keeps in its heap. The code part depends on the
+              kernel (fault-around, large folios for file pages), not on the model: measured
+              9-15 MB from a 32 px B0 to B4 on the machine it was fitted on, 7 MB (of which
+              7.6 MB code) on an AVX2-only machine, 17 MB on a CI machine. It is a per-process
+              cost, shared with other torch processes.
 The Python interpreter and the torch library themselves (~250 MB of RSS) are not counted:
 the figure is what the model adds to a process that already imports torch.
 
@@ -158,6 +166,11 @@ class MemoryMeasurement:
     model_bytes: int
     inference_growth_bytes: int
     batch: int
+    # Of model_bytes, the file-backed part (library code pages mapped while building; shared,
+    # kernel-dependent); the rest is anonymous memory: the weights and the heap. None: not read.
+    model_file_bytes: int | None = None
+    # Of inference_growth_bytes, the file-backed pages the first call mapped (oneDNN and ATen code).
+    inference_file_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -181,16 +194,17 @@ import torch
 torch.set_num_threads(profile.threads)
 from effscale.hardware.runtime import example_input, prepare
 gc.collect()
-baseline = rss("VmRSS")
+baseline, baseline_file = rss("VmRSS"), rss("RssFile")
 model = prepare(spec, profile, batch=batch, num_classes=num_classes)
 gc.collect()
-before = rss("VmRSS")
+before, before_file = rss("VmRSS"), rss("RssFile")
 with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")  # reset VmHWM to the current RSS
 with torch.inference_mode():
     output = model(example_input(profile, 3, spec.resolution, batch))
-peak = rss("VmHWM")
-print(json.dumps({"baseline": baseline, "model": before - baseline, "growth": peak - before}))
+peak, after_file = rss("VmHWM"), rss("RssFile")
+print(json.dumps({"baseline": baseline, "model": before - baseline, "growth": peak - before,
+                  "model_file": before_file - baseline_file, "growth_file": after_file - before_file}))
 """
 
 
@@ -211,7 +225,8 @@ def measure_peak_memory(spec: NetworkSpec, profile, batch: int = 1, *, num_class
         raise EffscaleError(f"memory measurement of {spec.name} (batch {batch}) failed: {tail[0]}")
     values = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return MemoryMeasurement(baseline_bytes=values["baseline"], model_bytes=values["model"],
-                             inference_growth_bytes=values["growth"], batch=batch)
+                             inference_growth_bytes=values["growth"], batch=batch,
+                             model_file_bytes=values["model_file"], inference_file_bytes=values["growth_file"])
 
 
 # -- energy ---------------------------------------------------------------------------------------
