@@ -7,12 +7,16 @@ torch.autocast("cpu", dtype=torch.bfloat16), model and input in channels_last. R
   effscale          effscale.create_model("efficientnet_b0"): memory-efficient BN+activation and
                     SE gate (effscale/nn/memory.py), on by default while training
   effscale+ckpt     the same with model.set_grad_checkpointing() (per-stage checkpointing)
+  timm+ckpt         timm with its own set_grad_checkpointing() (compare with effscale+ckpt)
   (opt-in) effscale-plain   effscale with memory_efficient_ops(False): the plain modules
-  (opt-in) timm+ckpt        timm with its own set_grad_checkpointing()
   (opt-in) effscale+compile torch.compile(model) of effscale with the plain modules (the
                             memory-efficient autograd Functions would break the graph); its
                             warm-up steps include the compilation, reported as `warmup s`
   (opt-in) timm+compile     torch.compile(model) of timm
+  (--contend) effscale@busy         effscale at --threads while another process keeps one core busy
+                                    (a Python busy loop the parent starts beside the worker)
+  (--contend) effscale@busy+auto    the same with effscale's thread governor (train/threads.py, the
+                                    `effscale train` default): threads follow the cores left free
 
 Both get the B0 recipe's regularisation (dropout 0.2, drop-path 0.2; timm's defaults are 0) so
 they do the same work. One training step: zero_grad, forward, cross-entropy on random labels,
@@ -50,8 +54,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub; weights
 
 CASES = [(224, 32), (64, 64)]
 PRECISIONS = ("fp32", "bf16")
-IMPLS = ("timm", "effscale", "effscale+ckpt")
-ALL_IMPLS = IMPLS + ("effscale-plain", "timm+ckpt", "effscale+compile", "timm+compile")
+IMPLS = ("timm", "effscale", "effscale+ckpt", "timm+ckpt")
+CONTEND_IMPLS = ("effscale@busy", "effscale@busy+auto")
+ALL_IMPLS = IMPLS + ("effscale-plain", "effscale+compile", "timm+compile") + CONTEND_IMPLS
 TARGET_THROUGHPUT, TARGET_MEMORY, TARGET_CASE = 1.5, 0.8, (224, 32)  # issue 9: >= 1.5x timm, <= 0.8x its peak
 STEPS = {"full": {224: (2, 8), 64: (3, 20)}, "quick": {224: (1, 3), 64: (2, 5)}}  # (warm-up, timed) by resolution
 
@@ -86,6 +91,10 @@ def worker(job: dict) -> dict:
     y = torch.randint(0, 1000, (batch,))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if job["precision"] == "bf16" else nullcontext
     ops = memory.memory_efficient_ops(impl not in ("effscale-plain", "effscale+compile"))
+    governor = None
+    if impl.endswith("+auto"):
+        from effscale.train.threads import ThreadGovernor
+        governor = ThreadGovernor(max_threads=job["threads"], interval_s=1.0)
     baseline = rss_bytes()
 
     def step() -> float:
@@ -94,6 +103,8 @@ def worker(job: dict) -> dict:
             loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
         loss.backward()
         optimizer.step()
+        if governor is not None:
+            governor.poll()
         return float(loss)
 
     times, losses = [], []
@@ -108,12 +119,19 @@ def worker(job: dict) -> dict:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {"step_s": times, "warmup_s": warmup_s, "baseline_rss": baseline, "peak_rss": peak, "losses": losses,
-            "finite": all(l == l and abs(l) != float("inf") for l in losses), "loadavg_end": os.getloadavg()[0]}
+            "finite": all(l == l and abs(l) != float("inf") for l in losses), "loadavg_end": os.getloadavg()[0],
+            "threads_end": torch.get_num_threads()}
 
 
 def run_job(job: dict) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if "@busy" in job["impl"] else None
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
     if done.returncode != 0:
         raise SystemExit(f"worker {job} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -158,6 +176,7 @@ def summarize(results: dict, cases, precisions, impls) -> list[dict]:
                     "peak_rss_runs": [run["peak_rss"] for run in runs],
                     "baseline_rss": statistics.median(run["baseline_rss"] for run in runs),
                     "warmup_s": statistics.median(run.get("warmup_s", 0.0) for run in runs),
+                    "threads_end": [run.get("threads_end") for run in runs],
                     "finite": all(run["finite"] for run in runs), "runs": runs})
             timm_row = next((r for r in group if r["impl"] == "timm"), None)
             for row in group:
@@ -194,6 +213,13 @@ def markdown(info: dict, rows: list[dict], args) -> str:
             f"{r['min_step_s'] * 1e3:.0f} | {r['images_per_s']:.1f} | {ratio(r['throughput_vs_timm'])} | "
             f"{mib(r['baseline_rss'])} | {mib(r['peak_rss'])} | {ratio(r['memory_vs_timm'])} | {r['warmup_s']:.0f} |"
             + ("" if r["finite"] else " non-finite loss!"))
+    quiet = {(r["resolution"], r["batch"], r["precision"]): r for r in rows if r["impl"] == "effscale"}
+    busy_lines = [f"- B0 @{r['resolution']} batch {r['batch']} {r['precision']} {r['impl']}: "
+                  f"{r['median_step_s'] / quiet[(r['resolution'], r['batch'], r['precision'])]['median_step_s']:.2f}x "
+                  f"the quiet effscale step time, on {'/'.join(map(str, r['threads_end']))} thread(s) at the end"
+                  for r in rows if "@busy" in r["impl"] and (r["resolution"], r["batch"], r["precision"]) in quiet]
+    if busy_lines:
+        lines += ["", "With one core kept busy by another process:", *busy_lines]
     lines += ["", f"Targets: throughput >= {TARGET_THROUGHPUT}x timm; peak memory <= {TARGET_MEMORY}x timm "
               f"at {TARGET_CASE[0]} px batch {TARGET_CASE[1]}.", ""]
     for r in rows:
@@ -223,6 +249,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", action="append", choices=PRECISIONS, help="only these (repeatable)")
     parser.add_argument("--impl", action="append", choices=ALL_IMPLS,
                         help=f"rows (repeatable; default {', '.join(IMPLS)}); ratios need timm")
+    parser.add_argument("--contend", action="store_true",
+                        help="add effscale rows with another process keeping one core busy (fixed and auto threads)")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--drop-path", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
@@ -258,7 +286,7 @@ def main(argv=None) -> int:
     info["mode"] = mode
     cases = [parse_case(c) for c in args.case] if args.case else CASES
     precisions = tuple(args.precision or PRECISIONS)
-    impls = tuple(dict.fromkeys(args.impl or IMPLS))
+    impls = tuple(dict.fromkeys((args.impl or list(IMPLS)) + (list(CONTEND_IMPLS) if args.contend else [])))
     rounds = info["rounds"] = args.rounds or (1 if args.quick else 2)
     jobs = []
     for resolution, batch in cases:

@@ -328,6 +328,8 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
     model = model_from_file(result["weights"])
     assert model.num_classes == 10 and model.in_chans == 1
     assert (tmp_path / "search.png").exists() and (tmp_path / "study" / "accuracy_vs_macs.png").exists()
+    recorded = json.loads((tmp_path / "demo.json").read_text())["peak_rss_bytes"]
+    assert recorded == result["peak_rss_bytes"] and 50e6 < recorded < 1e12  # torch alone is > 50 MB
 
 
 def test_latency_pick_takes_the_best_member_that_fits():

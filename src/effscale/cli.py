@@ -96,13 +96,25 @@ def cmd_predict(args) -> None:
             print(f"  {rank}. {entry['label']:<30} {entry['prob']:7.2%}  (class {entry['index']})")
 
 
+def _threads_arg(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count; allowed: an integer >= 1, or auto")
+    return value
+
+
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
     options = {key: getattr(args, key) for key in (
         "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
         "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
-        "distill_alpha", "distill_temperature")}
+        "distill_alpha", "distill_temperature", "threads")}
     summary = train(TrainConfig(**options, command=_command_line(args)))
     if args.json:
         return _print_json(summary)
@@ -330,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grad-checkpointing", action="store_true", help="recompute activations per stage")
     train.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the distillation term")
     train.add_argument("--distill-temperature", type=float, default=4.0)
+    train.add_argument("--threads", type=_threads_arg, default=None, metavar="N|auto",
+                       help="CPU threads; auto (default): all cores, fewer while other processes keep some busy")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.set_defaults(func=cmd_train)
 

@@ -22,10 +22,10 @@ peak measurements a few minutes apart agree within ~5 %.
 """
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
+
+# The readings themselves live one floor down, where training uses them too.
+from ..cpuload import CpuReading, load_average, others_between, read_cpu, sample_others  # noqa: F401
 
 # Above these, the profile is reported as taken under interference.
 MAX_OTHERS_CORES = 0.25  # a quarter of a core used by other processes, on average over the profile
@@ -33,68 +33,6 @@ MAX_STEAL_FRACTION = 0.05  # of the wall time x CPUs, taken by the hypervisor
 MAX_SPREAD = 0.15  # median over the whole networks of (p75 - p25) / median
 MIN_PEAK_AGREEMENT = 0.85  # end / start peak FLOP/s (either way round)
 MIN_NOMINAL_FRACTION = 0.2  # measured peak / nominal peak of the cores used
-
-
-def _clock_ticks() -> int:
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (AttributeError, ValueError, OSError):
-        return 100
-
-
-@dataclass(frozen=True)
-class CpuReading:
-    """One snapshot: wall clock, all processes' busy and steal CPU seconds, this process's."""
-
-    wall_s: float
-    busy_s: float | None  # None off Linux (no /proc/stat)
-    steal_s: float | None
-    own_s: float
-    cpus: int
-
-
-def read_cpu(stat: Path = Path("/proc/stat")) -> CpuReading:
-    busy = steal = None
-    cpus = os.cpu_count() or 1
-    try:
-        fields = stat.read_text().splitlines()[0].split()
-        if fields[0] == "cpu":
-            ticks = [int(v) for v in fields[1:]]
-            # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-            user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
-            steal_ticks = ticks[7] if len(ticks) > 7 else 0
-            busy = (user + nice + system + irq + softirq) / _clock_ticks()
-            steal = steal_ticks / _clock_ticks()
-    except (OSError, ValueError, IndexError):
-        pass
-    times = os.times()
-    return CpuReading(wall_s=time.monotonic(), busy_s=busy, steal_s=steal, own_s=times.user + times.system,
-                      cpus=cpus)
-
-
-def others_between(before: CpuReading, after: CpuReading) -> dict:
-    """CPU use by everything but this process between two readings, in cores (and steal fraction)."""
-    wall = max(after.wall_s - before.wall_s, 1e-9)
-    if before.busy_s is None or after.busy_s is None:
-        return {"wall_s": wall, "others_cores": None, "steal_fraction": None}
-    others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
-    steal = (after.steal_s - before.steal_s) / (wall * after.cpus)
-    # Tick accounting makes tiny negative values possible on a quiet machine.
-    return {"wall_s": wall, "others_cores": max(others / wall, 0.0), "steal_fraction": max(steal, 0.0)}
-
-
-def sample_others(seconds: float = 0.5) -> dict:
-    """Other processes' CPU use over the next `seconds` (this process sleeping meanwhile)."""
-    before = read_cpu()
-    time.sleep(seconds)
-    return others_between(before, read_cpu())
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def nominal_peak_flops(cpu_flags, cores: int, mhz: float | None) -> float | None:

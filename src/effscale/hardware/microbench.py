@@ -8,8 +8,9 @@
    *in context*: each grid network runs prepared, as a prediction assumes, with forward
    hooks reading the clock around every unit (`InContextTimer`). A layer timed alone finds
    its weights and input hot in cache and the allocator warmed up for its sizes; inside the
-   network neither holds, and B0's layers timed alone summed to ~0.8x its measured latency,
-   by a factor that differs between kinds. Timed in place, the units add up to the network.
+   network neither holds, so layers timed alone sum to less than the network's measured
+   latency, by a factor that differs between kinds. Timed in place, the units add up to the
+   network.
    A hook costs ~1 us, small against the 10 us-10 ms units.
 3. Members: whole networks (scaled-down, B0, B1, B2, B3; B4 in the full profile), timed as
    `measure_latency` times them, without hooks, to fit the affine model and the lookup

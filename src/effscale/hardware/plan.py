@@ -37,9 +37,11 @@ w = e^(t a_w / 2), r = e^(t a_r / 2). It reproduces the rule alpha = e^(a_d), be
 gamma = e^(a_r / 2) for every budget, scaling up or down, exactly when
 a_d = log alpha, a_w = 2 log beta, a_r = 2 log gamma (the default, from `rule`); U equals phi there.
 rho sets how much an unbalanced model loses: for small deviations U ~ mean_a(y) - rho/2 var_a(y),
-and mean_a(y) = log F / A is pure FLOPs. rho = 0.3 is a least-squares fit to the paper's Table 3
-(B0 scaled to ~1.8 B MACs by depth only, width only or resolution only gains about half of what
-compound scaling gains). `tests/test_hardware_plan.py` checks the optimum numerically.
+and mean_a(y) = log F / A is pure FLOPs. Against the paper's Table 3 (B0 scaled to ~1.8 B MACs by
+depth, width or resolution alone gains +1.9, +1.8, +2.0 points, 48 % of compound's +4.0), with the
+gain read as 4.0 * U(single) / U(compound), the default rho = 0.3 predicts 56 % on average (RMS
+error 0.44 points, resolution alone over-rated); the least-squares fit is rho = 0.388 (RMS 0.29).
+`benchmarks/rho_fit.py` prints this. `tests/test_hardware_plan.py` checks the optimum numerically.
 
 Verification
 ------------

@@ -206,6 +206,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                                                                              "top1", "latency_ms", "resolution")},
                                                    "remeasured_ms": remeasured, "fits": fits, "name": spec.name},
         "weights": str(final), "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "peak_rss_bytes": peak_rss_bytes(),
         "plan": planned, "device": device,
         "commands": {
             "search": _command("search", "--model", LAB_BASE, "--data", DATA, "--target", "2", "--budget",
@@ -231,6 +232,18 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     result["report"] = str(write_demo_report(result, out, study_dir=out / "study"))
     _say(f"done in {timings['total']:.0f} s: {result['report']}")
     return result
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size so far (getrusage ru_maxrss), in bytes; None where the
+    platform has no getrusage. The demo runs in one process (no subprocesses), so this is its peak,
+    plus whatever the process held before `run_demo` was called (for `effscale demo`: the imports)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS: bytes; Linux, BSDs: KiB
 
 
 def _command(*args: str) -> str:

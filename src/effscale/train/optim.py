@@ -58,8 +58,18 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "rmsprop_tf":
         return RMSpropTF(groups, lr=recipe.lr, eps=recipe.eps, momentum=recipe.momentum)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+        return _fused_if_available(torch.optim.AdamW, groups, lr=recipe.lr)
+    return _fused_if_available(torch.optim.SGD, groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+
+
+def _fused_if_available(optimizer_class, groups, **options) -> torch.optim.Optimizer:
+    """The fused kernel (one pass over all parameters) where this torch has it for the parameters'
+    device. For B0 on a 2-core CPU an SGD step took 3.3 ms fused against 8.2 ms (9.2 ms foreach),
+    well under 1 % of a training step either way, but free (benchmarks/optimizer_step.py)."""
+    try:
+        return optimizer_class(groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the kernel
+        return optimizer_class(groups, **options)
 
 
 def lr_factor(step: int, *, steps_per_epoch: int, total_steps: int, recipe: Recipe) -> float:

@@ -32,6 +32,8 @@ from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import lr_factor, make_optimizer
 from .recipe import Recipe, get_recipe, quick_spec, resolve_precision
+from . import threads as train_threads
+from .threads import ThreadGovernor
 
 CHECKPOINT_FORMAT = "effscale-train-1"
 
@@ -62,6 +64,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     distill_alpha: float = 0.5  # weight of the KL term; (1 - alpha) goes to cross-entropy
     distill_temperature: float = 4.0
+    threads: int | None = None  # None: follow the cores other processes leave free (train/threads.py)
     progress: bool = True
     command: str = ""
 
@@ -79,6 +82,9 @@ class TrainConfig:
         if not (isinstance(self.distill_temperature, (int, float)) and math.isfinite(self.distill_temperature)
                 and self.distill_temperature > 0):
             raise EffscaleError(f"distill_temperature={self.distill_temperature!r} must be a finite number > 0")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise EffscaleError(f"threads={self.threads!r} must be an integer >= 1, or None (auto)")
         if self.resume and self.init:
             raise EffscaleError("--resume continues a run from its own checkpoint; drop --init")
 
@@ -280,6 +286,7 @@ def train(config: TrainConfig) -> dict:
 
     Running out of memory is an EffscaleError that suggests a smaller batch; on Ctrl-C
     (KeyboardInterrupt) the last checkpoint in `out` stays as it was, and `resume=True` continues."""
+    threads_before = torch.get_num_threads()
     try:
         return _train(config)
     except (MemoryError, RuntimeError) as error:
@@ -289,6 +296,8 @@ def train(config: TrainConfig) -> dict:
         raise EffscaleError(f"training ran out of memory ({first}); the last checkpoint in {config.out} is kept. "
                             "Start again with a smaller --batch-size, or keep the batch with --accumulation 2 "
                             "or --grad-checkpointing") from None
+    finally:
+        torch.set_num_threads(threads_before)  # the governor or `threads` changed them for this run only
 
 
 def _train(config: TrainConfig) -> dict:
@@ -396,6 +405,11 @@ def _train(config: TrainConfig) -> dict:
                          "ema": ema.state_dict() if ema is not None else None}, out)
 
     progress, task = _progress(config.progress and dist_info.main and sys.stderr.isatty(), total_steps, step)
+    governor = None
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    elif dist_info.device.type == "cpu":
+        governor = ThreadGovernor(max_threads=torch.get_num_threads(), interval_s=train_threads.DEFAULT_INTERVAL_S)
     images_per_step = recipe.batch_size
     last_eval: dict | None = None
     with progress:
@@ -453,6 +467,12 @@ def _train(config: TrainConfig) -> dict:
                 tick = now
                 metrics.write({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr, "img_per_s": throughput})
                 progress.update(task, advance=1, info=f"loss {loss_sum:.3f} {throughput:.0f} img/s")
+                if governor is not None and (threads := governor.poll()) is not None:
+                    metrics.write({"step": step, "threads": threads, "others_cores": round(governor.others_cores, 2)})
+                    if dist_info.main:
+                        progress.console.print(
+                            f"effscale: other processes are using {governor.others_cores:.1f} cores: training on "
+                            f"{threads} thread{'s' if threads > 1 else ''} (--threads N fixes the count)")
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint()
             evaluated = ema.module if ema is not None else model
