@@ -8,10 +8,17 @@ Every implementation runs the same input in eval mode under `torch.inference_mod
   channels_last+bf16   the above under torch.autocast("cpu", dtype=torch.bfloat16)
 
 effscale also runs its recommended path, `effscale.nn.prepare_for_inference` (eval, BN folded,
-in-place SE gate, channels_last), in fp32 and with `bf16=True`. Opt-in extras: --compile adds
-torch.compile(recommended, freezing) rows, --compile-refs compiled channels_last(+bf16)
-timm/torchvision rows (for apples to apples), --keep-freed-memory tunes glibc malloc for every
-row (a deployment setting, not a default; it shows how much of each call is page faults).
+in-place SE gate, channels_last), in fp32 and with `bf16=True`.
+
+The references' best honest configuration is compiled: by default every implementation also runs
+torch.compile(channels_last model, options={"freezing": True}) (Inductor freezing folds BN into the
+convs, as effscale's recommended path does by hand), and effscale its recommended path compiled the
+same way. The compiled bf16 rows (autocast for the references) are added where the CPU computes
+bf16 natively (AVX512-BF16 / AMX), or with --compile-bf16; elsewhere bf16 is emulated and nobody
+would deploy it. Each compiled row's first call (the compilation) is reported. --no-compile
+drops the compiled rows (--quick drops them unless --compile is given). --keep-freed-memory
+tunes glibc malloc for every row (a deployment setting, not a default; it shows how much of each
+call is page faults).
 
 Per case, every (implementation, configuration) is warmed up, then timed once per round for
 N rounds; the order inside a round is shuffled so that drift (thermal, other processes) spreads
@@ -49,6 +56,7 @@ from machine_info import cpu_description, usable_cpus  # noqa: E402
 
 import effscale  # noqa: E402
 from effscale.nn import prepare_for_inference  # noqa: E402
+from effscale.nn.inference import native_bf16  # noqa: E402
 
 CASES = [("efficientnet_b0", 224, 1), ("efficientnet_b0", 224, 32), ("efficientnet_b3", 300, 8)]
 REFERENCES = ("timm", "torchvision")
@@ -80,7 +88,7 @@ class Runner:
     first_call_s: float = 0.0
 
 
-def make_runners(name: str, x: torch.Tensor, compile_ours: bool, compile_refs: bool) -> list[Runner]:
+def make_runners(name: str, x: torch.Tensor, compile_fp32: bool, compile_bf16: bool) -> list[Runner]:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
 
@@ -104,15 +112,17 @@ def make_runners(name: str, x: torch.Tensor, compile_ours: bool, compile_refs: b
             runners += [Runner(impl, "recommended", run(prepare_for_inference(copy.deepcopy(base)), x_cl)),
                         Runner(impl, "recommended+bf16",
                                run(prepare_for_inference(copy.deepcopy(base), bf16=True), x_cl))]
-            if compile_ours:
-                runners += [
-                    Runner(impl, "recommended+compile",
-                           run(compiled(prepare_for_inference(copy.deepcopy(base))), x_cl)),
-                    Runner(impl, "recommended+bf16+compile",
-                           run(compiled(prepare_for_inference(copy.deepcopy(base), bf16=True)), x_cl))]
-        elif compile_refs:
-            runners += [Runner(impl, "channels_last+compile", run(compiled(cl()), x_cl)),
-                        Runner(impl, "channels_last+bf16+compile", run(compiled(cl()), x_cl, autocast=True))]
+            if compile_fp32:
+                runners.append(Runner(impl, "recommended+compile",
+                                      run(compiled(prepare_for_inference(copy.deepcopy(base))), x_cl)))
+            if compile_bf16:
+                runners.append(Runner(impl, "recommended+bf16+compile",
+                                      run(compiled(prepare_for_inference(copy.deepcopy(base), bf16=True)), x_cl)))
+        else:
+            if compile_fp32:
+                runners.append(Runner(impl, "channels_last+compile", run(compiled(cl()), x_cl)))
+            if compile_bf16:
+                runners.append(Runner(impl, "channels_last+bf16+compile", run(compiled(cl()), x_cl, autocast=True)))
     return runners
 
 
@@ -221,17 +231,23 @@ def markdown(info: dict, rows: list[dict], checks: dict, args: argparse.Namespac
         "",
         "Median of interleaved rounds, IQR and min-max in ms. Ratios are speedups against the fastest "
         "timm/torchvision eager fp32 row (\"vs ref eager\") and the fastest timm/torchvision row of any "
-        "configuration (\"vs ref best\").",
+        "configuration (\"vs ref best\"), compiled ones included; \"vs ref fp32/bf16\": against the fastest "
+        "reference row of the row's own precision. First call: seconds, the compilation for compiled rows. "
+        f"Compiled rows: fp32 {'yes' if info['compiled_rows']['fp32'] else 'no'}, bf16 "
+        f"{'yes' if info['compiled_rows']['bf16'] else 'no'}"
+        + ("" if info["mkldnn_bf16_supported"] else " (this CPU has no native bf16: bf16 rows are emulated)") + ".",
         "",
-        "| model | batch | impl | config | median ms | IQR ms | min-max ms | img/s | vs ref eager | vs ref best |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | impl | config | median ms | IQR ms | min-max ms | img/s | vs ref eager | vs ref best "
+        "| vs ref same precision | first call s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['model']} @{row['resolution']} | {row['batch']} | {row['impl']} | {row['config']} | "
             f"{row['median_ms']:.1f} | {row['q1_ms']:.1f}-{row['q3_ms']:.1f} | "
             f"{row['min_ms']:.1f}-{row['max_ms']:.1f} | {row['images_per_s']:.1f} | "
-            f"{row['vs_ref_eager']:.2f}x | {row['vs_ref_best']:.2f}x |")
+            f"{row['vs_ref_eager']:.2f}x | {row['vs_ref_best']:.2f}x | {row['vs_ref_best_same_precision']:.2f}x | "
+            f"{row['first_call_s']:.1f} |")
     lines += ["", f"Targets (effscale recommended path): >= {TARGET_VS_EAGER}x vs ref eager, "
               f">= {TARGET_VS_BEST}x vs ref best.", ""]
     for (name, resolution, batch), case_checks in checks.items():
@@ -279,10 +295,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--case", action="append", metavar="MODEL:RES:BATCH",
                         help="run only these cases (repeatable), e.g. efficientnet_b0:224:1")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile(recommended path, freezing) (adds 1-5 min of compiling)")
-    parser.add_argument("--compile-refs", action="store_true",
-                        help="also time torch.compile'd channels_last(+bf16) timm/torchvision (slow to compile)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="drop the torch.compile(freezing) rows (the default compiles every implementation: "
+                             "several minutes of compiling)")
+    parser.add_argument("--compile", action="store_true", help="with --quick: keep the compiled rows")
+    parser.add_argument("--compile-bf16", action="store_true",
+                        help="compiled bf16 rows even where the CPU has no native bf16")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="tune glibc malloc to reuse freed memory (no mmap/trim) for every row: shows how "
                              "much of the time is page faults; not the default a user gets")
@@ -319,12 +337,15 @@ def main(argv=None) -> int:
               "PYTHONPATH=tests/refshim (see Makefile `bench`)", file=sys.stderr)
         return 2
     cases = [parse_case(c) for c in args.case] if args.case else CASES
+    compile_fp32 = not args.no_compile and (args.compile or not args.quick)
+    compile_bf16 = compile_fp32 and (args.compile_bf16 or info["mkldnn_bf16_supported"] and native_bf16())
+    info["compiled_rows"] = {"fp32": compile_fp32, "bf16": compile_bf16}
     start = time.perf_counter()
     rows, checks = [], {}
     for name, resolution, batch in cases:
         torch.manual_seed(args.seed)
         x = torch.randn(batch, 3, resolution, resolution)
-        runners = make_runners(name, x, args.compile, args.compile_refs)
+        runners = make_runners(name, x, compile_fp32, compile_bf16)
         rounds = args.repeats or ROUNDS[mode].get(batch, ROUNDS[mode]["default"])
         warmup = WARMUP[mode] if args.warmup is None else args.warmup
         print(f"{name} @{resolution} batch {batch}: {len(runners)} rows x {rounds} rounds ...",

@@ -107,9 +107,11 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16:
     by ~1e-2 relative, as with any bf16 inference. Without native bf16 it is slower (warned);
     `bf16="auto"` chooses bf16 exactly where the CPU has it natively (`native_bf16()`).
 
-    Not included, because on the same machine it did not pay: torch.compile with Inductor
-    freezing, 0-5 % faster (max-autotune or cpp_wrapper no better) for a 10-100 s first call per
-    input shape and a C++ compiler at run time; torch.jit.freeze, ~15 % at batch 1 only (and
+    Not included: torch.compile with Inductor freezing, 0-6 % faster on an AVX-512 machine and
+    0-18 % on an AVX2 one (B3 batch 8 to B0 batch 32; max-autotune or cpp_wrapper no better), for
+    a 30-170 s first call per input shape and a C++ compiler at run time, which pays only in a
+    long-lived process (the references compiled the same way were 8-15 % slower than this path
+    compiled: BENCHMARKS.md); torch.jit.freeze, ~15 % at batch 1 only (and
     TorchScript is deprecated); conv+SiLU fused through oneDNN's private post-op API, slower in
     fp32 and < 10 % faster in bf16. Wrap the result yourself if your hardware differs:
     `torch.compile(prepare_for_inference(model), options={"freezing": True})`.

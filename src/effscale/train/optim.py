@@ -64,8 +64,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 def _fused_if_available(optimizer_class, groups, **options) -> torch.optim.Optimizer:
     """The fused kernel (one pass over all parameters) where this torch has it for the parameters'
-    device. For B0 on a 2-core CPU an SGD step took 3.3 ms fused against 8.2 ms (9.2 ms foreach),
-    well under 1 % of a training step either way, but free (benchmarks/optimizer_step.py)."""
+    device. For B0 on a 2-core AVX2 CPU an SGD step took 4.6 ms fused against 12.0 ms (14.2 ms
+    foreach), AdamW 7.3 against 21.3 ms: well under 1 % of a training step either way, but free
+    (benchmarks/optimizer_step.py, benchmarks/results/optimizer_step.txt)."""
     try:
         return optimizer_class(groups, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the kernel
