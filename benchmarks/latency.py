@@ -39,7 +39,7 @@ import torch
 import effscale
 from effscale.hardware import DEFAULT_METHOD, METHODS, load_profile, machine_description, prepare, run_profile
 from effscale.hardware.conditions import sample_others
-from effscale.hardware.microbench import measure_in_passes
+from effscale.hardware.runtime import measure_in_passes
 from effscale.hardware.runtime import example_input
 
 MIN_PHI, MAX_MACS_MODEL = -2.0, "efficientnet_b4"

@@ -1,6 +1,6 @@
 """How well the planner's utility U fits the paper's Table 3, for several softnesses rho.
 
-`effscale.hardware.plan.Utility` (the objective of `plan(..., free_coefficients=True)`) ranks
+`effscale.hardware.utility.Utility` (the objective of `plan(..., free_coefficients=True)`) ranks
 (d, w, r) by U, the a-weighted soft minimum of each dimension's own phi, with a softness rho
 (`DEFAULT_SOFTNESS`). U equals phi on the rule's ray, so read as "top-1 gain is proportional to
 U", U predicts what fraction of compound scaling's gain a single-dimension model of about the
@@ -8,11 +8,11 @@ same MACs keeps: gain_i = gain_compound * U(single_i) / U(compound). This script
 prediction with the paper's Table 3 for EfficientNet-B0 at ~1.8 B MACs, for a few values of rho
 and for the least-squares best rho (a grid over 0.01..5), and prints the errors in top-1 points.
 
-Data (constants below): Tan & Le, "EfficientNet", ICML 2019, arXiv 1905.11946v5, Table 3, as
-transcribed in shared/REFERENCE.md ("Single-dimension vs compound scaling", row B0): baseline
+Data (constants below): Tan & Le, "EfficientNet", ICML 2019, arXiv 1905.11946v5, Table 3
+(scaling B0 by one dimension vs compound): baseline
 0.39 B MACs 77.1 %; depth d=4 1.8 B 79.0 %; width w=2 1.8 B 78.9 %; resolution r=2 1.9 B 79.1 %;
 compound 1.8 B 81.1 %. The compound model's multipliers (d=1.4, w=1.2, r=300/224) are B3's
-(REFERENCE.md "The family": 1.8 B MACs), the paper's "d=1.4, w=1.2, r=1.3". The rule is
+(1.8 B MACs, Table 2), the paper's "d=1.4, w=1.2, r=1.3". The rule is
 EfficientNet's alpha=1.2, beta=1.1, gamma=1.15 (`ScalingRule()`).
 
 Run (from the repository root; a second or two, no model is built):
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from effscale.hardware.plan import DEFAULT_SOFTNESS, Utility
+from effscale.hardware.utility import DEFAULT_SOFTNESS, Utility
 from effscale.scaling import Coefficients, ScalingRule
 
 BASELINE_TOP1 = 77.1  # B0, 0.39 B MACs

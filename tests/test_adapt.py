@@ -3,7 +3,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from effscale import EffscaleError
+from effscale import EffscaleError, Family
+from effscale.families import register
 from effscale.search import sizing
 from effscale.search.proxy import BUDGETS, get_budget
 
@@ -29,6 +30,8 @@ class _Cost:
 class _Spec:
     """A base whose MACs scale by d * w^2 * r^2, as a real MBConv network's do (up to rounding)."""
 
+    kind = "toy-macs"
+
     def __init__(self, macs=1e6):
         self.macs = macs
 
@@ -38,6 +41,11 @@ class _Spec:
     def analytic_cost(self, **kwargs):
         return _Cost(self.macs)
 
+
+# A family for the toy spec: sizing scales and counts through the spec's family, as for real ones.
+register(Family(kind=_Spec.kind, spec_type=_Spec, scale=lambda spec, coefficients, **_: spec.scaled(coefficients),
+                build=None, cost=lambda spec, **options: spec.analytic_cost(**options), from_text=None,
+                text_tag="toy-macs", names=list, get=None, default_num_classes=10, default_in_chans=1))
 
 TASK = SimpleNamespace(num_classes=10, in_chans=1, test=([0] * 2000, None), minival=([0] * 2000, None))
 

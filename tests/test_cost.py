@@ -80,7 +80,7 @@ def check_rows_against_model(c: Cost, model: nn.Module, macs: dict, shapes: dict
 
 # -- the named family ------------------------------------------------------------------
 
-PUBLISHED_PARAMS = {  # REFERENCE.md: exact, 1000 classes
+PUBLISHED_PARAMS = {  # the published counts (timm / torchvision, 1000 classes): exact
     "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
     "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616, "efficientnet_b5": 30_389_784,
     "efficientnet_b6": 43_040_704, "efficientnet_b7": 66_347_960,
@@ -254,7 +254,7 @@ def test_bytes_and_activations_follow_the_rows(dtype):
     assert c.bytes_read == sum(row.bytes_read for row in c.layers)
     assert c.bytes_written == sum(row.bytes_written for row in c.layers)
     assert c.intensity == pytest.approx(2 * c.macs / (c.bytes_read + c.bytes_written))
-    # Roofline facts from REFERENCE.md (fp32): depthwise k x k ~ k^2/4 FLOP/byte; pointwise approaches
+    # Roofline facts (fp32): depthwise k x k ~ k^2/4 FLOP/byte; pointwise approaches
     # Cin * Cout / (2 (Cin + Cout)) when the activations dwarf the weights.
     depthwise = rows["stages.1.1.depthwise.conv"]
     assert depthwise.intensity * size / 4 == pytest.approx(9 / 4, rel=0.05)
@@ -340,7 +340,7 @@ def test_bad_model_argument():
         cost("efficientnet_b9")
     with pytest.raises(TypeError, match="got int"):
         cost(3)
-    with pytest.raises(TypeError, match="series_b0 is a series spec: use its analytic_cost"):
+    with pytest.raises(TypeError, match="series_b0 is a series spec: use its family.s cost"):
         cost("series_b0")
     with pytest.raises(EffscaleError, match=r"resolution=100000 must be an integer in \[32, 8192\]"):
         cost("efficientnet_b0", resolution=100_000)

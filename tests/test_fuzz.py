@@ -247,7 +247,7 @@ ROW = st.fixed_dictionaries({"macs": st.one_of(st.integers(min_value=-5, max_val
 @given(document=st.one_of(st.lists(ROW, max_size=6), st.fixed_dictionaries({"rows": st.lists(ROW, max_size=6)}),
                           JSON_VALUES))
 def test_accuracy_rows_fit_or_name_the_problem(document):
-    from effscale.hardware.plan import AccuracyCurve
+    from effscale.hardware.accuracy_curve import AccuracyCurve
 
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / "results.json"

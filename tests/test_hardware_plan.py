@@ -10,7 +10,10 @@ import effscale
 from effscale import EffscaleError, NetworkSpec, ScalingRule, compound, cost, scale
 from effscale.cli import main
 from effscale.hardware import budgets, runtime
-from effscale.hardware.plan import PHI_STEP, AccuracyCurve, Utility, maximize_utility, plan
+from effscale.hardware.accuracy_curve import AccuracyCurve
+from effscale.hardware.candidates import PHI_STEP
+from effscale.hardware.plan import plan
+from effscale.hardware.utility import Utility, maximize_utility
 from effscale.hardware.runtime import LatencyMeasurement
 from effscale.hardware.thermal import PRESETS, ThermalModel, parse_sustained, thermal_model
 from effscale.scaling import Coefficients

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from effscale import EffscaleError, NetworkSpec, StageSpec
+from effscale import EffscaleError, NetworkSpec, StageSpec, family_of
 from effscale.search import (ProxyBudget, SearchConfig, StudyConfig, load_task, match, run_study, search,
                              train_proxy)
 from effscale.search import coefficients as coefficients_module
@@ -73,7 +73,7 @@ def test_targets_below_one_are_refused(target):
 def test_strategies_reach_the_target_macs(strategy):
     m = match(MICRO, strategy, 4, num_classes=10, in_chans=1)
     assert m.matched and abs(m.macs_ratio / 4 - 1) <= 0.05
-    assert m.spec.analytic_cost(num_classes=10, in_chans=1).macs == m.macs
+    assert family_of(m.spec).cost(m.spec, num_classes=10, in_chans=1).macs == m.macs
     base = MICRO
     changed = {"depth": [s.repeats for s in m.spec.stages] != [s.repeats for s in base.stages],
                "width": [s.out_channels for s in m.spec.stages] != [s.out_channels for s in base.stages],
@@ -95,7 +95,7 @@ def test_proxy_training_is_deterministic_and_learns(task):
     first = train_proxy(MICRO, task, BUDGET, seed=3)
     again = train_proxy(MICRO, task, BUDGET, seed=3)
     assert first.top1 == again.top1 and first.final_loss == again.final_loss
-    assert first.params == sum(p.numel() for p in MICRO.build(10, 1).parameters())
+    assert first.params == sum(p.numel() for p in family_of(MICRO).build(MICRO, 10, 1).parameters())
     longer = train_proxy(MICRO, task, ProxyBudget("longer", steps=60, batch_size=64, eval_samples=500), seed=0)
     assert longer.top1 > 40  # ten classes: chance is 10 %
 

@@ -8,9 +8,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from effscale import Coefficients, EffscaleError, Scalable
-from effscale.series import (CLASS_NAMES, DEFAULT_NUM_CLASSES, MIN_LENGTH, SERIES_B0, SeriesSpec, SeriesStage,
+from effscale.series import (CLASS_NAMES, DEFAULT_NUM_CLASSES, MIN_LENGTH, SERIES, SERIES_B0, SeriesSpec, SeriesStage,
                              get_series_spec, list_series_models, load_series_task_data, make_series_data, resample,
-                             series_cost, series_inputs)
+                             scale_series, series_cost, series_inputs)
 from effscale.spec import make_divisible
 
 
@@ -43,7 +43,7 @@ def test_series_spec_is_a_scalable_series_family():
     assert isinstance(SERIES_B0, Scalable)
     assert SERIES_B0.kind == "series" and SERIES_B0.length == SERIES_B0.resolution == 128
     assert DEFAULT_NUM_CLASSES == len(CLASS_NAMES)
-    cost = SERIES_B0.analytic_cost()
+    cost = SERIES.cost(SERIES_B0)
     assert 30_000 <= cost.params <= 80_000 and cost.length == 128
     assert len(SERIES_B0.stages) == 5
 
@@ -84,28 +84,28 @@ def test_named_specs_and_did_you_mean():
 # -- scaling -----------------------------------------------------------------------------------
 def test_scaled_rounds_depth_width_and_length_with_the_shared_helpers():
     spec = SERIES_B0.replace(divisor=4)
-    scaled = spec.scaled(Coefficients(depth=1.5, width=1.3, resolution=1.15), name="b0x")
+    scaled = scale_series(spec, Coefficients(depth=1.5, width=1.3, resolution=1.15), name="b0x")
     assert scaled.name == "b0x" and scaled.kind == "series"
     assert [s.repeats for s in scaled.stages] == [math.ceil(s.repeats * 1.5) for s in spec.stages]
     assert [s.out_channels for s in scaled.stages] == [make_divisible(s.out_channels * 1.3, 4) for s in spec.stages]
     assert scaled.stem_channels == make_divisible(spec.stem_channels * 1.3, 4)
     assert scaled.head_channels == make_divisible(spec.head_channels * 1.3, 4)
     assert scaled.resolution == 144  # 147.2 to a multiple of 8
-    assert spec.scaled(Coefficients(resolution=1.15), resolution_multiple=1).resolution == 147
-    assert spec.scaled(Coefficients()).replace(name=spec.name) == spec
+    assert scale_series(spec, Coefficients(resolution=1.15), resolution_multiple=1).resolution == 147
+    assert scale_series(spec, Coefficients()).replace(name=spec.name) == spec
     pinned = spec.replace(stages=(spec.stages[0].__class__(repeats=2, scale_depth=False),) + spec.stages[1:])
-    assert pinned.scaled(Coefficients(depth=3)).stages[0].repeats == 2
+    assert scale_series(pinned, Coefficients(depth=3)).stages[0].repeats == 2
     assert SeriesSpec.from_text(scaled.to_text()) == scaled
 
 
 def test_scaled_errors_name_the_minimum_multiplier():
     with pytest.raises(EffscaleError, match=r"minimum is 16 samples\); allowed: 0\.09\d* <= resolution"):
-        SERIES_B0.scaled(Coefficients(resolution=0.05))
+        scale_series(SERIES_B0, Coefficients(resolution=0.05))
     with pytest.raises(EffscaleError, match=r"width=0\.05 leaves .* allowed: 0\.0625 <= width"):
-        SERIES_B0.scaled(Coefficients(width=0.05))
+        scale_series(SERIES_B0, Coefficients(width=0.05))
     with pytest.raises(TypeError, match="must be a Coefficients"):
-        SERIES_B0.scaled((1.2, 1.1, 1.15))
-    assert SERIES_B0.scaled(Coefficients(resolution=0.125)).resolution == MIN_LENGTH
+        scale_series(SERIES_B0, (1.2, 1.1, 1.15))
+    assert scale_series(SERIES_B0, Coefficients(resolution=0.125)).resolution == MIN_LENGTH
 
 
 # -- module and analytic cost ------------------------------------------------------------------
@@ -127,26 +127,26 @@ def _measured(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
 def test_params_macs_and_activations_are_exact(seed):
     rng = random.Random(seed)
     base = SERIES_B0 if seed < 2 else random_spec(rng)
-    spec = base.scaled(Coefficients(depth=rng.uniform(0.5, 2), width=rng.uniform(0.5, 1.8),
+    spec = scale_series(base, Coefficients(depth=rng.uniform(0.5, 2), width=rng.uniform(0.5, 1.8),
                                     resolution=rng.uniform(0.8, 1.6)), resolution_multiple=rng.choice((1, 8)))
     num_classes, in_chans, batch = rng.choice((0, 2, 8)), rng.randint(1, 3), rng.randint(1, 3)
-    model = spec.build(num_classes, in_chans).eval()
+    model = SERIES.build(spec, num_classes, in_chans).eval()
     cost = series_cost(spec, batch, num_classes=num_classes, in_chans=in_chans)
     assert cost.params == sum(p.numel() for p in model.parameters())
     macs, activations = _measured(model, torch.randn(batch, in_chans, spec.resolution))
     assert (cost.macs, cost.activations) == (macs, activations)
-    assert spec.analytic_cost() == series_cost(spec)
+    assert SERIES.cost(spec) == series_cost(spec)
 
 
 def test_forward_shapes_and_cost_errors():
-    model = SERIES_B0.build(5, 2).eval()
+    model = SERIES.build(SERIES_B0, 5, 2).eval()
     x = torch.randn(3, 2, 100)  # not a multiple of the stride (16)
     with torch.no_grad():
         assert model(x).shape == (3, 5)
         assert model.forward_features(x).shape == (3, SERIES_B0.head_channels, math.ceil(100 / SERIES_B0.stride))
-        assert SERIES_B0.build(0).eval()(torch.randn(2, 1, 128)).shape == (2, SERIES_B0.head_channels)
+        assert SERIES.build(SERIES_B0, 0).eval()(torch.randn(2, 1, 128)).shape == (2, SERIES_B0.head_channels)
     with pytest.raises(EffscaleError, match="in_chans=0 must be an integer >= 1"):
-        SERIES_B0.build(8, 0)
+        SERIES.build(SERIES_B0, 8, 0)
     with pytest.raises(EffscaleError, match="batch=0 must be an integer >= 1"):
         series_cost(SERIES_B0, 0)
     with pytest.raises(EffscaleError, match="takes a SeriesSpec"):
@@ -221,7 +221,7 @@ def test_a_short_training_run_beats_chance_clearly():
         torch.manual_seed(0)
         data = make_series_data(seed=0, n_train=1024, n_val=256)
         spec = SERIES_B0.replace(resolution=64)
-        model = spec.build(data.num_classes, data.in_chans)
+        model = SERIES.build(spec, data.num_classes, data.in_chans)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         generator = torch.Generator().manual_seed(0)
         for _ in range(60):

@@ -1,4 +1,4 @@
-"""Spec, scaling rule and the named family against the published numbers (REFERENCE.md)."""
+"""Spec, scaling rule and the named family against the published numbers (Tan & Le 2019 and the reference implementations)."""
 import math
 import random
 

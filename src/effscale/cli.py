@@ -56,7 +56,8 @@ def cmd_models(args) -> None:
 
 def cmd_info(args) -> None:
     from .scaling import Coefficients, ScalingRule
-    from .summary import describe, load_spec, scaled_spec
+    from .summary import describe, scaled_spec
+    from .zoo import resolve_image_spec
 
     rule = None
     if any(v is not None for v in (args.alpha, args.beta, args.gamma)):
@@ -66,7 +67,7 @@ def cmd_info(args) -> None:
     if any(v is not None for v in (args.width, args.depth, args.resolution)):
         coefficients = Coefficients(**{k: v for k, v in (("width", args.width), ("depth", args.depth),
                                                          ("resolution", args.resolution)) if v is not None})
-    spec = scaled_spec(load_spec(args.model), phi=args.phi, rule=rule, coefficients=coefficients,
+    spec = scaled_spec(resolve_image_spec(args.model), phi=args.phi, rule=rule, coefficients=coefficients,
                        image_size=args.image_size)
     info = describe(spec, layers=args.layers)
     if args.json:
@@ -236,12 +237,12 @@ def cmd_profile(args) -> None:
 def cmd_plan(args) -> None:
     from .hardware import load_profile
     from .hardware.plan import plan
-    from .summary import load_spec
+    from .zoo import resolve_image_spec
 
     profile = load_profile(args.device)
     result = plan(profile, latency_ms=args.latency_ms, memory_mb=args.memory_mb, energy_mj=args.energy_mj,
                   sustained=args.sustained, batch=args.batch, free_coefficients=args.free_coefficients,
-                  accuracy=args.accuracy_from, base=load_spec(args.base), rule=_rule(args),
+                  accuracy=args.accuracy_from, base=resolve_image_spec(args.base), rule=_rule(args),
                   verify=not args.no_verify, anchor=not args.no_anchor,
                   method=args.method, spec_out=args.spec_out,
                   progress=not args.json and sys.stderr.isatty()).to_dict()

@@ -216,29 +216,16 @@ class _Pass:
         return self.elementwise(f"{prefix}.scale", "se_scale", (x, gate), channels, hw, hw)
 
     def block(self, block: BlockSpec, x: int, hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
-        """One MBConv / FusedMBConv, mirroring `nn/blocks.py` branch for branch."""
+        """One MBConv / FusedMBConv: its `layers()` in order, as the module builder walks them."""
         prefix = f"stages.{block.stage}.{block.position}"
-        hidden = block.expanded_channels
         out, out_hw = x, hw
-        if block.block == "mbconv":
-            if block.expand_ratio != 1:
-                out, _ = self.conv(f"{prefix}.expand.conv", out, block.in_channels, hidden, 1, hw)
-            out, out_hw = self.conv(f"{prefix}.depthwise.conv", out, hidden, hidden, block.kernel, hw,
-                                    block.stride, groups=hidden, kind="depthwise")
-            if block.se_channels:
-                out = self.squeeze_excite(f"{prefix}.se", out, hidden, block.se_channels, out_hw)
-            out, _ = self.conv(f"{prefix}.project.conv", out, hidden, block.out_channels, 1, out_hw)
-        elif block.expand_ratio != 1:  # fused_mbconv with expansion: kxk conv, SE, 1x1 project
-            out, out_hw = self.conv(f"{prefix}.fused.conv", out, block.in_channels, hidden, block.kernel, hw,
-                                    block.stride)
-            if block.se_channels:
-                out = self.squeeze_excite(f"{prefix}.se", out, hidden, block.se_channels, out_hw)
-            out, _ = self.conv(f"{prefix}.project.conv", out, hidden, block.out_channels, 1, out_hw)
-        else:  # fused_mbconv without expansion: the kxk conv maps straight to the output width
-            out, out_hw = self.conv(f"{prefix}.fused.conv", out, block.in_channels, block.out_channels,
-                                    block.kernel, hw, block.stride)
-            if block.se_channels:
-                out = self.squeeze_excite(f"{prefix}.se", out, block.out_channels, block.se_channels, out_hw)
+        for layer in block.layers():
+            if layer.kind == "se":
+                out = self.squeeze_excite(f"{prefix}.{layer.name}", out, layer.in_channels, layer.squeeze, out_hw)
+            else:
+                out, out_hw = self.conv(f"{prefix}.{layer.name}.conv", out, layer.in_channels, layer.out_channels,
+                                        layer.kernel, out_hw, layer.stride, groups=layer.groups,
+                                        kind="depthwise" if layer.kind == "depthwise" else None)
         if block.has_residual:
             out = self.elementwise(f"{prefix}.residual", "residual", (x, out), block.out_channels, hw, hw)
         return out, out_hw
@@ -273,19 +260,6 @@ def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> in
     return value
 
 
-def _resolve(spec_or_model, num_classes: int, in_chans: int) -> tuple[NetworkSpec, int, int, bool]:
-    spec = getattr(spec_or_model, "spec", None)
-    if isinstance(spec, NetworkSpec) and not isinstance(spec_or_model, NetworkSpec):
-        # a built EfficientNet: its own head and input width count
-        return (spec, getattr(spec_or_model, "num_classes", num_classes),
-                getattr(spec_or_model, "in_chans", in_chans), bool(getattr(spec_or_model, "features_only", False)))
-    spec = resolve_spec(spec_or_model)  # a name, spec, spec file or weights file; TypeError for anything else
-    if not isinstance(spec, NetworkSpec):
-        raise TypeError(f"cost() counts image networks (NetworkSpec); {spec.name} is a {spec.kind} spec: use "
-                        "its analytic_cost()")
-    return spec, num_classes, in_chans, False
-
-
 def cost(spec_or_model, resolution: int | None = None, batch: int = 1, dtype: str = "fp32",
          num_classes: int = 1000, in_chans: int = 3) -> Cost:
     """Analytic cost of one inference pass at `resolution` (default: the spec's), `batch`, `dtype`.
@@ -296,7 +270,16 @@ def cost(spec_or_model, resolution: int | None = None, batch: int = 1, dtype: st
     `list_models()`), a spec text file or an effscale weights file. `dtype` is one of fp32, bf16, fp16,
     int8 and sets the bytes per element of activations and weights alike.
     """
-    spec, num_classes, in_chans, features_only = _resolve(spec_or_model, num_classes, in_chans)
+    spec = resolve_spec(spec_or_model)  # a name, spec, spec file, weights file or built model
+    if not isinstance(spec, NetworkSpec):
+        raise TypeError(f"cost() counts image networks (NetworkSpec); {spec.name} is a {spec.kind} spec: use "
+                        "its family's cost (effscale.family_of(spec).cost)")
+    features_only = False
+    if getattr(spec_or_model, "spec", None) is spec and not isinstance(spec_or_model, NetworkSpec):
+        # a built EfficientNet: its own head and input width count
+        num_classes = getattr(spec_or_model, "num_classes", num_classes)
+        in_chans = getattr(spec_or_model, "in_chans", in_chans)
+        features_only = bool(getattr(spec_or_model, "features_only", False))
     if dtype not in DTYPE_BYTES:
         raise EffscaleError(f"dtype={dtype!r} is unknown; allowed: {', '.join(DTYPE_BYTES)}")
     resolution = spec.resolution if resolution is None else resolution

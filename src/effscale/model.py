@@ -5,20 +5,9 @@ import os
 
 from torch import nn
 
-from .errors import EffscaleError
 from .nn.network import EfficientNet
 from .spec import NetworkSpec
-from . import zoo
-
-
-def resolve_spec(ref, **overrides) -> NetworkSpec:
-    """`zoo.resolve_spec` (a name, spec, spec file, weights file or built model) for the image family,
-    which is what `create_model` builds; another family's spec is an EffscaleError naming it."""
-    spec = zoo.resolve_spec(ref, **overrides)
-    if not isinstance(spec, NetworkSpec):
-        raise EffscaleError(f"{spec.name!r} is a {getattr(spec, 'kind', type(spec).__name__)} model; this takes "
-                            "image models (EfficientNet specs); build other families with spec.build()")
-    return spec
+from .zoo import resolve_image_spec
 
 
 def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in_chans: int = 3,
@@ -37,7 +26,7 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
         from .weights import model_from_checkpoint
         return model_from_checkpoint(weights, name_or_spec, num_classes=num_classes, in_chans=in_chans,
                                      features_only=features_only, **overrides)
-    spec = resolve_spec(name_or_spec, **overrides)
+    spec = resolve_image_spec(name_or_spec, **overrides)
     model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
     model.explicit_fields = frozenset(overrides)  # the user's choices win over a checkpoint's (load_weights)
     return model

@@ -54,14 +54,14 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
     told by a file name starting with tf_, or by `source="timm_tf"`). `overrides` replace spec
     fields and are kept over the checkpoint's (e.g. `resolution=256`, `bn_eps=1e-4`).
     """
-    from .model import resolve_spec
+    from .zoo import resolve_image_spec
     from .weights import _existing_file, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
     _existing_file(weights)  # a missing file is that, not "a foreign checkpoint without a model name"
     if is_effscale_file(weights):
         if model is not None:
             saved = NetworkSpec.from_text(read_metadata(weights)["spec"])
-            wanted = resolve_spec(model)
+            wanted = resolve_image_spec(model)
             differ = [name for name in _ARCHITECTURE_FIELDS if getattr(saved, name) != getattr(wanted, name)]
             if differ:
                 raise EffscaleError(f"weights {str(weights)!r} are for {saved.name}, which differs from the "

@@ -7,11 +7,13 @@ target), repeats by ceil, resolution to a multiple of 8.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import EffscaleError
+from .families import family_of
 from .spec import MAX_BLOCKS, MAX_CHANNELS, MAX_RESOLUTION, MIN_RESOLUTION, NetworkSpec, make_divisible
 
 RESOLUTION_MULTIPLE = 8
@@ -221,21 +223,28 @@ def scale(spec: NetworkSpec, coefficients: Coefficients, *, name: str | None = N
     """
     _require(spec, NetworkSpec, "scale", "a NetworkSpec (effscale.scale also takes model names)")
     _require(coefficients, Coefficients, "scale", "Coefficients(depth=, width=, resolution=) as its second argument")
+    return scale_stages(spec, coefficients, name=name, resolution=resolution, resolution_multiple=resolution_multiple,
+                        scale_stem_head=spec.scale_stem_head)
+
+
+def scale_stages(spec, coefficients: Coefficients, *, name: str | None = None, resolution: int | None = None,
+                 resolution_multiple: int = RESOLUTION_MULTIPLE, limits: SizeLimits = SizeLimits(),
+                 scale_stem_head: bool = True):
+    """The scaling every stage-table family shares (image, series, the next ones): repeats by
+    ceil, channels by `make_divisible(spec.divisor)`, the resolution rounded to
+    `resolution_multiple` (or given), after `check_multipliers` against the family's `limits`.
+    Stages are changed with `dataclasses.replace`, so a field a family adds to its stage rows is
+    carried over, never dropped."""
     check_multipliers(spec, coefficients, resolution_multiple=resolution_multiple,
-                      fixed_resolution=resolution is not None)
+                      fixed_resolution=resolution is not None, limits=limits)
     width, depth = coefficients.width, coefficients.depth
     if resolution is None:
         resolution = round_resolution(spec.resolution, coefficients.resolution, resolution_multiple)
-    stages = tuple(
-        stage.__class__(
-            block=stage.block,
-            repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
-            kernel=stage.kernel, stride=stage.stride, expand_ratio=stage.expand_ratio,
-            out_channels=round_channels(stage.out_channels, width, spec.divisor),
-            se_ratio=stage.se_ratio, scale_depth=stage.scale_depth)
-        for stage in spec.stages)
+    stages = tuple(dataclasses.replace(
+        stage, repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
+        out_channels=round_channels(stage.out_channels, width, spec.divisor)) for stage in spec.stages)
     changes = dict(stages=stages, resolution=resolution)
-    if spec.scale_stem_head:
+    if scale_stem_head:
         changes["stem_channels"] = round_channels(spec.stem_channels, width, spec.divisor)
         changes["head_channels"] = round_channels(spec.head_channels, width, spec.divisor)
     if name is not None:
@@ -262,7 +271,7 @@ def phi_range(base, rule: ScalingRule | None = None) -> tuple[float | None, floa
 
     def feasible(phi: float) -> bool:
         try:
-            base.scaled(rule.at(phi))
+            scale_any(base, rule.at(phi))
         except EffscaleError:
             return False
         return True
@@ -283,7 +292,7 @@ def compound(base: NetworkSpec, phi: float, rule: ScalingRule | None = None) -> 
     rule = ScalingRule() if rule is None else _require(rule, ScalingRule, "compound", "rule=ScalingRule(...)")
     phi = _checked_phi(phi)
     try:
-        return base.scaled(rule.at(phi), name=f"{base.name}-phi{phi:g}")
+        return scale_any(base, rule.at(phi), name=f"{base.name}-phi{phi:g}")
     except EffscaleError as error:
         if isinstance(error, ScaleLimitError):
             cause = (f"phi={phi:g} gives the {error.knob} multiplier {KNOB_BASES[error.knob]}**phi = "
@@ -295,33 +304,25 @@ def compound(base: NetworkSpec, phi: float, rule: ScalingRule | None = None) -> 
                             f"gamma={rule.gamma:g}: {_interval_text('phi', low, high, 'g')}") from None
 
 
+def scale_any(spec, coefficients: Coefficients, **options):
+    """Scale a spec of any registered family by `coefficients` (its family's `scale`)."""
+    return family_of(spec).scale(spec, coefficients, **options)
+
+
 @runtime_checkable
 class Scalable(Protocol):
-    """What the scaling lab (search, study, demo) needs from a family's spec.
+    """What a spec is: a frozen description of a network with three knobs, depth, width and a
+    resolution (image side, sequence length, ...). `NetworkSpec` and the 1-D `SeriesSpec` are
+    Scalable; everything done with a spec (scale, build, count) goes through its registered
+    family (`effscale.families.family_of(spec)`), so a new family adds a `Family`, not methods.
 
-    A spec is a frozen description with three knobs, depth, width and a resolution (image
-    side, sequence length, ...). `NetworkSpec` implements it, and so does the 1-D time-series
-    family in `effscale.series`: anything with these members can be searched and studied.
-
-    - ``kind``: the input it takes ("image", "series"); the lab checks it against the data's.
+    - ``kind``: the family's kind and the input it takes ("image", "series").
     - ``name``, ``resolution``: as in NetworkSpec.
-    - ``scaled(coefficients, *, name=None, resolution_multiple=8)``: the spec scaled by
-      (depth, width, resolution) with the family's rounding; pure, raises EffscaleError.
-    - ``build(num_classes, in_chans)``: a fresh torch module for the spec.
-    - ``analytic_cost(num_classes, in_chans)``: an object with ``params`` and ``macs`` (batch 1,
-      at the spec's own resolution, for a model built with those classes and input channels).
-    - ``to_text()``: a text form that records the whole spec.
+    - ``to_text()``: a text form that records the whole spec (its family's `from_text` reads it).
     """
 
     kind: str
     name: str
     resolution: int
-
-    def scaled(self, coefficients: Coefficients, *, name: str | None = None,
-               resolution_multiple: int = RESOLUTION_MULTIPLE): ...
-
-    def build(self, num_classes: int, in_chans: int): ...
-
-    def analytic_cost(self, num_classes: int = 1000, in_chans: int = 3): ...
 
     def to_text(self) -> str: ...

@@ -68,6 +68,35 @@ def check_size_limits(spec, *, max_resolution: int = MAX_RESOLUTION, unit: str =
            f"resolution={spec.resolution!r} must be <= {max_resolution} {unit}")
 
 
+def check_network_fields(spec, *, stage_type: type, what: str = "network", min_resolution: int = MIN_RESOLUTION,
+                         max_resolution: int = MAX_RESOLUTION, unit: str = "px",
+                         resolution_label: str = "resolution") -> None:
+    """The validation every stage-table family shares (image, series, the next ones): name, stage
+    rows of `stage_type`, stem / head / divisor widths, resolution and size limits, activation,
+    dropout, drop-path and batch-norm settings. Normalises `stages` to a tuple."""
+    _check(isinstance(spec.name, str) and bool(spec.name) and not any(c.isspace() for c in spec.name),
+           f"name={spec.name!r} must be non-empty and contain no spaces")
+    _check(isinstance(spec.stages, (tuple, list)), f"stages must be a tuple of {stage_type.__name__} rows, "
+                                                   f"got {type(spec.stages).__name__}")
+    object.__setattr__(spec, "stages", tuple(spec.stages))
+    _check(len(spec.stages) >= 1, f"a {what} needs at least one stage")
+    _check(all(isinstance(s, stage_type) for s in spec.stages), f"stages must be {stage_type.__name__} rows")
+    for key in ("stem_channels", "head_channels", "divisor"):
+        value = getattr(spec, key)
+        _check(_is_int(value) and value >= 1, f"{key}={value!r} must be an integer >= 1")
+    _check(_is_int(spec.resolution) and spec.resolution >= min_resolution,
+           f"{resolution_label}={spec.resolution!r} must be an integer >= {min_resolution}")
+    check_size_limits(spec, max_resolution=max_resolution, unit=unit)
+    _check(spec.activation in ACTIVATIONS,
+           f"activation={spec.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+    _check(_is_number(spec.dropout) and 0 <= spec.dropout < 1, f"dropout={spec.dropout!r} must be in [0, 1)")
+    _check(_is_number(spec.drop_path_rate) and 0 <= spec.drop_path_rate < 1,
+           f"drop_path_rate={spec.drop_path_rate!r} must be in [0, 1)")
+    _check(_is_number(spec.bn_eps) and 0 < spec.bn_eps < 1, f"bn_eps={spec.bn_eps!r} must be in (0, 1)")
+    _check(_is_number(spec.bn_momentum) and 0 < spec.bn_momentum <= 1,
+           f"bn_momentum={spec.bn_momentum!r} must be in (0, 1]")
+
+
 def check_trainable_macs(macs: float, subject: str, unit: str, remedy: str) -> None:
     """Refuse, before any training, a model above MAX_TRAIN_MACS: '<subject> <macs> MACs <unit>, more
     than ... effscale trains; <remedy>'."""
@@ -174,6 +203,68 @@ class BlockSpec:
     def has_residual(self) -> bool:
         return self.stride == 1 and self.in_channels == self.out_channels
 
+    def layers(self) -> tuple["LayerSpec", ...]:
+        """The block's layers in forward order: the one description of a block's inside that the
+        module builder (nn/blocks.py, series/nn.py), the analytic cost (cost.py, series/cost.py)
+        and the weight-key converters (weights.py) all walk, so they cannot drift apart.
+
+        MBConv: [1x1 expand] -> kxk depthwise -> [squeeze-excite] -> 1x1 project (no activation).
+        Fused-MBConv: kxk fused conv -> [squeeze-excite] -> [1x1 project]; without expansion the
+        kxk conv maps straight to the output width (EfficientNetV2 reference)."""
+        hidden = self.expanded_channels
+        if self.block == "fused_mbconv":
+            width = hidden if self.expand_ratio != 1 else self.out_channels
+            layers = [LayerSpec("fused", "conv", self.in_channels, width, self.kernel, self.stride)]
+            if self.se_channels:
+                layers.append(LayerSpec("se", "se", width, width, squeeze=self.se_channels))
+            if self.expand_ratio != 1:
+                layers.append(LayerSpec("project", "pointwise", hidden, self.out_channels, activation=False))
+            return tuple(layers)
+        layers = []
+        if self.expand_ratio != 1:
+            layers.append(LayerSpec("expand", "pointwise", self.in_channels, hidden))
+        layers.append(LayerSpec("depthwise", "depthwise", hidden, hidden, self.kernel, self.stride, groups=hidden))
+        if self.se_channels:
+            layers.append(LayerSpec("se", "se", hidden, hidden, squeeze=self.se_channels))
+        layers.append(LayerSpec("project", "pointwise", hidden, self.out_channels, activation=False))
+        return tuple(layers)
+
+
+LAYER_KINDS = ("conv", "pointwise", "depthwise", "se")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer inside a block (`BlockSpec.layers()`), torch-free.
+
+    `name` is the module's attribute in the block (`expand`, `depthwise`, `se`, `project`,
+    `fused`); `kind` one of LAYER_KINDS: a convolution (`conv` k x k dense, `pointwise` 1 x 1,
+    `depthwise` groups = channels) followed by batch norm when `norm` and the network's
+    activation when `activation`, or `se`, squeeze-excite: global pool, 1x1 conv to `squeeze`
+    channels (bias), activation, 1x1 conv back (bias), sigmoid gate on the input."""
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    norm: bool = True
+    activation: bool = True
+    squeeze: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in LAYER_KINDS, f"layer kind {self.kind!r} is unknown; allowed: {', '.join(LAYER_KINDS)}")
+        if self.kind == "se":
+            object.__setattr__(self, "norm", False)
+
+    def parameter_modules(self) -> tuple[str, ...]:
+        """The names of its parameter-holding submodules, in forward order (weights.py maps them)."""
+        if self.kind == "se":
+            return ("reduce", "expand")
+        return ("conv", "bn") if self.norm else ("conv",)
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Reference rounding: nearest multiple of `divisor`, never below 90 % of `value`."""
@@ -206,33 +297,13 @@ class NetworkSpec:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.name, str) and bool(self.name) and not any(c.isspace() for c in self.name),
-               f"name={self.name!r} must be non-empty and contain no spaces")
-        _check(isinstance(self.stages, (tuple, list)), f"stages must be a tuple of StageSpec rows, "
-                                                        f"got {type(self.stages).__name__}")
-        object.__setattr__(self, "stages", tuple(self.stages))
         for key in ("mean", "std"):
             value = getattr(self, key)
             _check(isinstance(value, (tuple, list)) and all(_is_number(v) for v in value),
                    f"{key}={value!r} must be 3 finite numbers")
             object.__setattr__(self, key, tuple(float(v) for v in value))
-        _check(len(self.stages) >= 1, "a network needs at least one stage")
-        _check(all(isinstance(s, StageSpec) for s in self.stages), "stages must be StageSpec rows")
-        for key in ("stem_channels", "head_channels", "divisor"):
-            value = getattr(self, key)
-            _check(_is_int(value) and value >= 1, f"{key}={value!r} must be an integer >= 1")
-        _check(_is_int(self.resolution) and self.resolution >= MIN_RESOLUTION,
-               f"resolution={self.resolution!r} must be an integer >= {MIN_RESOLUTION}")
-        check_size_limits(self)
-        _check(self.activation in ACTIVATIONS,
-               f"activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
+        check_network_fields(self, stage_type=StageSpec)
         _check(self.padding in PADDINGS, f"padding={self.padding!r} is unknown; allowed: {', '.join(PADDINGS)}")
-        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, f"dropout={self.dropout!r} must be in [0, 1)")
-        _check(_is_number(self.drop_path_rate) and 0 <= self.drop_path_rate < 1,
-               f"drop_path_rate={self.drop_path_rate!r} must be in [0, 1)")
-        _check(_is_number(self.bn_eps) and 0 < self.bn_eps < 1, f"bn_eps={self.bn_eps!r} must be in (0, 1)")
-        _check(_is_number(self.bn_momentum) and 0 < self.bn_momentum <= 1,
-               f"bn_momentum={self.bn_momentum!r} must be in (0, 1]")
         _check(len(self.mean) == 3 and len(self.std) == 3 and all(map(math.isfinite, self.mean + self.std))
                and all(s > 0 for s in self.std),
                f"mean={self.mean!r} and std={self.std!r} must be 3 numbers each, std > 0")
@@ -294,20 +365,8 @@ class NetworkSpec:
                                 f"(allowed: {', '.join(allowed)})")
         return dataclasses.replace(self, **changes)
 
-    # -- the scaling-lab protocol (scaling.Scalable) ------------------------------------
+    # The family this spec belongs to (`families.family_of`): it scales, builds and counts it.
     kind: ClassVar[str] = "image"
-
-    def scaled(self, coefficients, *, name: str | None = None, resolution_multiple: int = 8) -> "NetworkSpec":
-        from .scaling import scale
-        return scale(self, coefficients, name=name, resolution_multiple=resolution_multiple)
-
-    def build(self, num_classes: int = 1000, in_chans: int = 3):
-        from .nn.network import EfficientNet
-        return EfficientNet(self, num_classes=num_classes, in_chans=in_chans)
-
-    def analytic_cost(self, num_classes: int = 1000, in_chans: int = 3, batch: int = 1):
-        from .cost import cost
-        return cost(self, batch=batch, num_classes=num_classes, in_chans=in_chans)
 
     # -- text form ---------------------------------------------------------------------
     def to_text(self) -> str:
@@ -351,7 +410,7 @@ class NetworkSpec:
         return cls(**values)
 
 
-# The EfficientNet-B0 block table (Tan & Le 2019, Table 1; REFERENCE.md).
+# The EfficientNet-B0 block table (Tan & Le 2019, Table 1).
 B0_STAGES = (
     StageSpec("mbconv", 1, 3, 1, 1, 16, 0.25),
     StageSpec("mbconv", 2, 3, 2, 6, 24, 0.25),

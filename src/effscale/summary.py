@@ -1,7 +1,6 @@
 """Data behind `effscale models` and `effscale info`, as plain dicts (the CLI only formats them)."""
 from __future__ import annotations
 
-import os
 from .cost import cost
 from .errors import EffscaleError
 from .scaling import Coefficients, ScalingRule, compound, scale
@@ -17,18 +16,6 @@ def model_table() -> list[dict]:
         rows.append({"name": name, "resolution": c.resolution, "params": c.params, "macs": c.macs,
                      "activations": c.activations})
     return rows
-
-
-def load_spec(name_or_path: str | os.PathLike) -> NetworkSpec:
-    """An image model's spec from a name, a spec text file (`NetworkSpec.to_text()`) or an effscale
-    weights file (`zoo.resolve_spec` on a name or path, restricted to image models)."""
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"load_spec() takes a model name or a path, got {type(name_or_path).__name__}")
-    spec = resolve_spec(name_or_path)
-    if not isinstance(spec, NetworkSpec):
-        raise EffscaleError(f"{os.fspath(name_or_path)!r} is a {spec.kind} model; this takes an image model "
-                            "(see `effscale models`)")
-    return spec
 
 
 def scaled_spec(base: NetworkSpec, *, phi: float | None = None, rule: ScalingRule | None = None,
@@ -70,4 +57,4 @@ def describe(spec, *, layers: bool = False, batch: int = 1) -> dict:
     return info
 
 
-__all__ = ["describe", "load_spec", "model_table", "scaled_spec"]
+__all__ = ["describe", "model_table", "scaled_spec"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -31,9 +30,10 @@ from torch import nn
 
 from .errors import EffscaleError
 from .spec import NetworkSpec
+from .zoo import resolve_image_spec
+from .weights_file import (FORMAT_NAME, FORMAT_VERSION, _existing_file, _safetensors_metadata,  # noqa: F401
+                           is_effscale_file, read_metadata)
 
-FORMAT_NAME = "effscale"
-FORMAT_VERSION = 1
 SOURCES = ("auto", "effscale", "timm", "timm_tf", "torchvision", "lukemelas")
 MATCH_MODES = ("auto", "keep", "refuse")
 # Spec fields that change what a model computes but not its parameters, so no key or shape can tell.
@@ -89,42 +89,6 @@ def save_weights(model: nn.Module, path: str | os.PathLike, extra_metadata: dict
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of an effscale safetensors file, parsed.
-
-    Returns `{"format_version": int, "spec": str (NetworkSpec.to_text(); NetworkSpec.from_text
-    parses it), "num_classes": int, "in_chans": int, "features_only": bool, "extra": dict}`. Raises EffscaleError for a file that is not an effscale
-    safetensors file (foreign checkpoints have no spec: load them with `load_weights`).
-    """
-    raw = _safetensors_metadata(_existing_file(path))
-    if raw is None or raw.get("format") != FORMAT_NAME:
-        raise EffscaleError(f"{str(path)!r} is not an effscale weights file (no effscale metadata); "
-                            "foreign checkpoints load with load_weights(model, path)")
-    try:
-        version = int(raw["format_version"])
-        if version > FORMAT_VERSION:
-            raise EffscaleError(f"{str(path)!r} has weights format version {version}; this effscale "
-                                f"reads up to version {FORMAT_VERSION} (upgrade effscale)")
-        NetworkSpec.from_text(raw["spec"])  # a broken spec is an error here, not when it is used
-        return {"format_version": version, "spec": raw["spec"],
-                "num_classes": int(raw["num_classes"]), "in_chans": int(raw["in_chans"]),
-                "features_only": bool(int(raw.get("features_only", "0"))),
-                "extra": json.loads(raw["extra"]) if "extra" in raw else {}}
-    except (KeyError, ValueError) as error:
-        if isinstance(error, EffscaleError):
-            raise
-        raise EffscaleError(f"{str(path)!r} has broken effscale metadata ({type(error).__name__}: {error})") from None
-
-
-def is_effscale_file(path: str | os.PathLike) -> bool:
-    """True for a safetensors file written by `save_weights` (False for anything else, never raises)."""
-    try:
-        raw = _safetensors_metadata(Path(path)) if Path(path).is_file() else None
-    except EffscaleError:
-        return False
-    return raw is not None and raw.get("format") == FORMAT_NAME
-
-
 def model_from_file(path: str | os.PathLike, **overrides) -> nn.Module:
     """Rebuild the model stored in an effscale safetensors file and load its weights.
 
@@ -153,12 +117,11 @@ def model_from_checkpoint(path: str | os.PathLike, name_or_spec, *, num_classes:
     `match` applies as in `load_state_dict_into` (by default the checkpoint's values are set and
     a WeightsAdaptedWarning says so). `overrides` win over both and are kept (`explicit_fields`).
     """
-    from .model import resolve_spec
     from .nn.network import EfficientNet
 
     state = read_state_dict(path)
     saved_spec = _saved_spec(path)
-    base = resolve_spec(name_or_spec)
+    base = resolve_image_spec(name_or_spec)
     layout, implied, _ = checkpoint_fields(state, base.name, source=source, origin=str(path), saved_spec=saved_spec)
     defaults = implied if isinstance(name_or_spec, str) else {}
     spec = base.replace(**{**defaults, **overrides})
@@ -419,15 +382,8 @@ def _effscale_modules(spec: NetworkSpec) -> Iterator[str]:
 
 
 def _block_parts(block) -> list[str]:
-    """The effscale modules of one block, in forward order."""
-    if block.block == "fused_mbconv":
-        parts = ["fused.conv", "fused.bn"]
-        parts += ["se.reduce", "se.expand"] if block.se_channels else []
-        return parts + (["project.conv", "project.bn"] if block.expand_ratio != 1 else [])
-    parts = ["expand.conv", "expand.bn"] if block.expand_ratio != 1 else []
-    parts += ["depthwise.conv", "depthwise.bn"]
-    parts += ["se.reduce", "se.expand"] if block.se_channels else []
-    return parts + ["project.conv", "project.bn"]
+    """The effscale modules of one block, in forward order (from `BlockSpec.layers()`)."""
+    return [f"{layer.name}.{part}" for layer in block.layers() for part in layer.parameter_modules()]
 
 
 def _timm_prefixes(spec: NetworkSpec) -> Iterator[tuple[str, str]]:
@@ -489,41 +445,6 @@ def _check_foreign_blocks(spec: NetworkSpec, layout: str) -> None:
 def _require_effscale_model(model) -> None:
     if not (isinstance(model, nn.Module) and isinstance(getattr(model, "spec", None), NetworkSpec)):
         raise EffscaleError(f"expected an effscale model (from create_model), got {type(model).__name__}")
-
-
-def _existing_file(path) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise EffscaleError(f"weights path must be a str or path, got {type(path).__name__}")
-    path = Path(path)
-    if not path.exists():
-        raise EffscaleError(f"weights file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise EffscaleError(f"weights path {str(path)!r} is not a file")
-    return path
-
-
-def _safetensors_metadata(path: Path, strict: bool = True):
-    """The `__metadata__` of a safetensors file (None when it has none).
-
-    With strict=False, returns False instead of raising when the file is not safetensors at all.
-    """
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise ValueError("file too short")
-            (size,) = struct.unpack("<Q", prefix)
-            if size < 2 or size > 100_000_000 or size > path.stat().st_size - 8:
-                raise ValueError("bad header size")
-            header = json.loads(handle.read(size))
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        if not strict:
-            return False
-        raise EffscaleError(f"{str(path)!r} is not a safetensors file ({error})") from None
-    metadata = header.get("__metadata__")
-    return metadata if isinstance(metadata, dict) else None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

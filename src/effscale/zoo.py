@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import scaling as _scaling
 from .errors import EffscaleError, closest
-from .scaling import Coefficients, Scalable, ScalingRule, scale as _scale
+from .families import families, family_for_text
+from .scaling import Coefficients, Scalable, ScalingRule, scale as _scale, scale_any
 from .spec import EFFICIENTNET_B0, EFFICIENTNET_LITE0, NetworkSpec
 
 # A spec text file is a few hundred bytes; anything far larger is not one (and must not be read
@@ -90,6 +91,16 @@ def resolve_spec(ref, **overrides):
     return spec.replace(**overrides) if overrides else spec
 
 
+def resolve_image_spec(ref, **overrides) -> NetworkSpec:
+    """`resolve_spec` for what takes image models only (create_model, cost, latency, train,
+    predict, plan): another family's spec is an EffscaleError naming it and its kind."""
+    spec = resolve_spec(ref, **overrides)
+    if not isinstance(spec, NetworkSpec):
+        raise EffscaleError(f"{spec.name!r} is a {getattr(spec, 'kind', type(spec).__name__)} model; this takes "
+                            "image models (EfficientNet specs, see `effscale models`)")
+    return spec
+
+
 def _resolve(ref):
     if isinstance(ref, Scalable):
         return ref
@@ -109,10 +120,9 @@ def _from_name_or_path(ref):
         raise EffscaleError(f"model reference {text!r} is empty; give {FILE_FORMS}")
     if isinstance(ref, str) and text in _FAMILY:
         return get_spec(text)
-    from .series.spec import get_series_spec, list_series_models
-
-    if isinstance(ref, str) and text in list_series_models():
-        return get_series_spec(text)
+    for family in families():  # the other registered families' named members (series_b0, ...)
+        if isinstance(ref, str) and text in family.names():
+            return family.get(text)
     path = Path(text).expanduser()
     try:
         exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
@@ -127,7 +137,7 @@ def _from_name_or_path(ref):
     if not is_file:
         raise EffscaleError(f"{text!r} is not a regular file; give {FILE_FORMS}")
     if path.suffix == ".safetensors":
-        from .weights import read_metadata  # the file format's reader; nothing above it is imported
+        from .weights_file import read_metadata
 
         return spec_from_text(read_metadata(path)["spec"], f"the metadata of {text!r}")
     return spec_from_text(_read_spec_file(path, text), repr(text))
@@ -146,16 +156,9 @@ def _read_spec_file(path: Path, text: str) -> str:
 
 
 def spec_from_text(text: str, source: str = "spec text"):
-    """A spec of any family from its text form, chosen by the first word ('network' or 'series')."""
-    first = text.split(None, 1)[0] if text.split() else ""
-    if first == "series":
-        from .series.spec import SeriesSpec
-
-        return SeriesSpec.from_text(text)
-    if first != "network":
-        raise EffscaleError(f"{source} is not a spec: its text must start with 'network NAME key=value ...' "
-                            f"(or 'series NAME ...'), not {text.strip()[:40]!r}")
-    return NetworkSpec.from_text(text)
+    """A spec of any registered family from its text form, chosen by the first word ('network',
+    'series', ...)."""
+    return family_for_text(text, source).from_text(text)
 
 
 # -- the public scaling functions, on any model reference -------------------------------------------
@@ -176,5 +179,5 @@ def scale(spec, coefficients: Coefficients, **options):
         if not isinstance(coefficients, Coefficients):
             raise TypeError(f"scale() takes Coefficients(depth=, width=, resolution=) as its second argument, "
                             f"got {type(coefficients).__name__}")
-        return spec.scaled(coefficients, **options)
+        return scale_any(spec, coefficients, **options)
     return _scale(spec, coefficients, **options)

@@ -5,7 +5,8 @@
     for images, labels in iterate_batches(splits.train, 256, seed=0, epoch=0, shuffle=True, drop_last=True):
         inputs = transform(images)                 # float32 N x C x 32 x 32, normalised
 """
-from .datasets import FASHION_MNIST_CLASSES, DataSplits, ImageDataset, bundled_provenance, load_data
+from .containers import DataSplits, ImageDataset
+from .datasets import FASHION_MNIST_CLASSES, bundled_provenance, load_data
 from .folder import DEFAULT_IMAGE_SIZE, DataWarning
 from .loader import batches_per_epoch, iterate_batches
 from .transforms import BatchTransform

@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import EffscaleError
-from .datasets import DataSplits, ImageDataset
+from .containers import DataSplits, ImageDataset
 
 DEFAULT_IMAGE_SIZE = 64
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import EffscaleError
-from .datasets import ImageDataset
+from .containers import ImageDataset
 
 
 def _check_int(name: str, value, minimum: int) -> None:

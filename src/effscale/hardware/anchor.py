@@ -71,8 +71,7 @@ def measure_anchor(profile, *, count: int = ANCHOR_MEMBERS, budget_s: float = AN
     import torch
 
     from ..spec import NetworkSpec
-    from .microbench import measure_in_passes
-    from .runtime import example_input, prepare, torch_threads
+    from .runtime import example_input, measure_in_passes, prepare, torch_threads
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise EffscaleError(f"count={count!r} must be an integer >= 1")

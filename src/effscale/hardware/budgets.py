@@ -39,7 +39,7 @@ that first call is the activations + runtime terms. benchmarks/memory.py compare
 Energy per inference (`energy_per_inference`)
 ---------------------------------------------
 "analytic": MACs x (multiply + add energy) + bytes moved x DRAM energy per byte, with
-Horowitz's 45 nm figures (ISSCC 2014; REFERENCE.md "Energy per operation"). bf16 uses the fp16
+Horowitz's 45 nm figures ("Computing's energy problem", ISSCC 2014). bf16 uses the fp16
 row (the table has no bf16; a bf16 multiplier is smaller still, so this is an upper value).
 Bytes moved are `cost()`'s (each layer reads its inputs and weights and writes its output
 once, no cache reuse), all priced as DRAM reads: 640 pJ per 32 bits = 160 pJ per byte. It is
@@ -80,7 +80,7 @@ EAGER_ACTIVATION_FACTOR = 1.5
 RUNTIME_ALLOWANCE_BYTES = {True: 10 * MB, False: 15 * MB}  # keyed by channels_last
 BUILD_ALLOWANCE_BYTES = 10 * MB
 
-# Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm (REFERENCE.md), picojoules.
+# Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm, picojoules.
 OP_ENERGY_PJ = {
     "fp32": {"mult": 3.7, "add": 0.9},
     "bf16": {"mult": 1.1, "add": 0.4},  # the fp16 row: no bf16 figure in the table

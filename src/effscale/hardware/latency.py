@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import EffscaleError, closest
+from ..zoo import resolve_image_spec
 
 METHODS = ("lut", "affine", "roofline")
 DEFAULT_METHOD = "lut"
@@ -83,14 +84,6 @@ class Unit:
         return (1.0, float(self.macs), float(self.bytes))
 
 
-def _resolve_spec(ref):
-    """Any model reference (`zoo.resolve_spec`: name, spec, spec file, weights file, built model) of
-    the image family; TypeError for anything else."""
-    from ..model import resolve_spec
-
-    return resolve_spec(ref)
-
-
 def _unit_kind(row) -> str:
     if row.kind == "depthwise":
         return f"depthwise_k{row.kernel}_s{row.stride}"
@@ -112,7 +105,7 @@ def network_units(spec, *, batch: int = 1, precision: str = "fp32", num_classes:
     """The units of one inference pass of `spec`, in execution order (from `cost()`'s rows)."""
     from ..cost import cost
 
-    rows = cost(_resolve_spec(spec), resolution=resolution, batch=batch, dtype=precision,
+    rows = cost(resolve_image_spec(spec), resolution=resolution, batch=batch, dtype=precision,
                 num_classes=num_classes).layers
     groups: list[list] = []
     for row in rows:
@@ -283,7 +276,7 @@ def predict(profile, spec, *, batch: int = 1, method: str | None = None) -> floa
                             f"(allowed: {', '.join(METHODS)})")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise EffscaleError(f"batch={batch!r} must be an integer >= 1")
-    spec = _resolve_spec(spec)
+    spec = resolve_image_spec(spec)
     if method == "roofline":  # a bound from the hardware's peaks, not a fit to timings: no anchor
         return roofline_ms(spec, profile, batch=batch)
     # A re-anchored profile (anchor.py) carries today's level: measured / profiled of its own networks.

@@ -23,8 +23,6 @@ another process inflates a few samples of many things instead of every sample of
 from __future__ import annotations
 
 import datetime
-import gc
-import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,8 +32,10 @@ from torch import nn
 
 from ..cost import cost
 from ..errors import EffscaleError
+from ..progress import ProgressBar
 from .latency import LayerTable, Unit, fit_affine, fit_calibration, network_units
-from .runtime import LatencyMeasurement, example_input, prepare, time_call, torch_threads
+from .profile import PRECISIONS, DeviceProfile, ProfileInterferenceWarning, machine_description
+from .runtime import LatencyMeasurement, example_input, measure_in_passes, prepare, time_call, torch_threads
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,7 @@ def _unit_parts(model: nn.Module) -> list[tuple[list[nn.Module], list[nn.Module]
         for block in stage:
             if type(block) is not MBConv:
                 raise EffscaleError(f"in-context timing handles MBConv blocks only, got {type(block).__name__}")
-            children = [getattr(block, name) for name in ("expand", "depthwise", "se", "project")
-                        if hasattr(block, name)]
+            children = [getattr(block, name) for name in block.layer_names]
             parts += [([child], []) for child in children]
             if block.has_residual:
                 parts.append(([block], children))
@@ -197,34 +196,6 @@ def pool_units(timers: list[InContextTimer]) -> list[tuple[Unit, LatencyMeasurem
 
 
 # -- orchestration -------------------------------------------------------------------------------
-def measure_in_passes(groups: list[tuple[list, float]], *, passes: int, seed: int, min_repeats: int = 5,
-                      advance=None) -> list[list[LatencyMeasurement]]:
-    """Time groups of no-argument calls, each given with its budget in seconds per call.
-
-    A call with a `commit()` method (InContextTimer) has it called after each timed call.
-
-    Every pass times each group in turn, its calls in a fresh random order, for `budget / passes`
-    each; a call's samples are pooled over the passes. Interleaving spreads every measurement
-    over the whole run, so that a change of load from other processes moves all of them alike
-    (which the calibration on whole networks then absorbs) instead of skewing one group.
-    """
-    samples = [[[] for _ in calls] for calls, _ in groups]
-    rng = random.Random(seed)
-    for pass_index in range(passes):
-        for (calls, budget_s), group_samples in zip(groups, samples):
-            order = list(range(len(calls)))
-            rng.shuffle(order)
-            gc.collect()
-            for index in order:
-                call = calls[index]
-                measured = time_call(call, warmup=2 if pass_index == 0 else 1, budget_s=budget_s / passes,
-                                     min_repeats=min_repeats, collect=False, on_sample=getattr(call, "commit", None))
-                group_samples[index].extend(measured.samples)
-                if advance:
-                    advance()
-    return [[LatencyMeasurement.from_samples(s) for s in group_samples] for group_samples in samples]
-
-
 def member_specs(plan: Plan):
     from ..scaling import Coefficients, scale
     from ..spec import EFFICIENTNET_B0
@@ -233,38 +204,9 @@ def member_specs(plan: Plan):
             for name, width, depth, resolution in plan.members]
 
 
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.__exit__(*exc)
-
-    def task(self, description: str, total: int):
-        if not self.bar:
-            return lambda: None
-        task = self.bar.add_task(description, total=total)
-        return lambda: self.bar.advance(task)
-
-
 def _busy_before_start(threads: int, strict: bool) -> None:
     """Half a second of listening before any measuring: is something else already running?"""
     from .conditions import MAX_OTHERS_CORES, sample_others
-    from .profile import ProfileInterferenceWarning
 
     seen = sample_others(0.5)
     if seen["others_cores"] is None or seen["others_cores"] <= MAX_OTHERS_CORES:
@@ -279,7 +221,6 @@ def _busy_before_start(threads: int, strict: bool) -> None:
 def measure_profile(*, threads: int | None, precision: str, quick: bool, progress: bool, channels_last: bool,
                     tiny: bool, strict: bool = False):
     from .conditions import Watch
-    from .profile import PRECISIONS, DeviceProfile, ProfileInterferenceWarning, machine_description
 
     if precision not in PRECISIONS:
         raise EffscaleError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
@@ -289,8 +230,8 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _busy_before_start(threads, strict)
     watch = Watch(threads)
-    with torch_threads(threads), _Progress(progress) as bar:
-        advance = bar.task(f"peaks ({precision}, {threads} threads)", 2)
+    with torch_threads(threads), ProgressBar(progress) as bar:
+        advance = bar.task(f"peaks ({precision}, {threads} threads)", 2).advance
         flops = peak_flops(precision, plan)
         advance()
         bytes_per_s = bandwidth(precision, plan)
@@ -298,7 +239,7 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
 
         settings = _Settings(threads, precision, channels_last)
         grid = grid_specs(plan)
-        advance = bar.task("building networks", len(grid) + len(specs))
+        advance = bar.task("building networks", len(grid) + len(specs)).advance
         timers, member_calls = [], []
         for spec in grid:
             timers.append(InContextTimer(spec, settings))
@@ -307,7 +248,7 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
             model, x = prepare(spec, settings), example_input(settings, 3, spec.resolution)
             member_calls.append(lambda model=model, x=x: model(x))
             advance()
-        advance = bar.task("layers and networks", (len(timers) + len(specs)) * plan.passes)
+        advance = bar.task("layers and networks", (len(timers) + len(specs)) * plan.passes).advance
         with torch.inference_mode():
             member_times = measure_in_passes(
                 [(timers, plan.grid_budget_s), (member_calls, plan.member_budget_s)], passes=plan.passes,
@@ -349,3 +290,21 @@ class _Settings:
 def _times(measurement: LatencyMeasurement) -> dict:
     return {"median_ms": measurement.median_ms, "p25_ms": measurement.p25_ms, "p75_ms": measurement.p75_ms,
             "repeats": len(measurement.samples)}
+
+
+def run_profile(*, threads: int | None = None, precision: str = "fp32", quick: bool = False,
+                progress: bool = True, channels_last: bool = True, strict: bool = False,
+                _tiny: bool = False) -> DeviceProfile:
+    """Measure this machine: micro-benchmarks, per-layer units, whole networks; fit the models.
+
+    `threads`: torch intra-op threads for every measurement (default: torch's current setting).
+    `quick`: fewer shapes, members and repeats (< 3 minutes on 2 cores). `_tiny` is for tests:
+    test-sized shapes, seconds in all; its profile is valid but predicts nothing useful.
+
+    Interference (conditions.py: other processes' CPU time, steal, the spread of repeats, peaks
+    moving during the run) is recorded in `conditions` and warned about
+    (`ProfileInterferenceWarning`); `strict=True` raises EffscaleError instead, before any
+    measuring when the machine is already busy.
+    """
+    return measure_profile(threads=threads, precision=precision, quick=quick, progress=progress,
+                           channels_last=channels_last, tiny=_tiny, strict=strict)

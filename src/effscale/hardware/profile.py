@@ -1,6 +1,6 @@
 """A device profile: what one machine measured, saved as versioned JSON, and the predictors on it.
 
-`run_profile()` measures this machine (microbench.py) and fits the latency models (latency.py);
+`run_profile()` (microbench.py) measures this machine and fits the latency models (latency.py);
 `load_profile()` reads a profile back, validating every field against the schema below, and
 warns (`ProfileMismatchWarning`) when the profile was measured elsewhere or under another
 thread count or precision than the caller's.
@@ -359,23 +359,3 @@ def load_profile(path, *, precision: str | None = None, threads: int | None = No
                       "machine slower than it is (re-run `effscale profile` on a quiet machine)",
                       ProfileInterferenceWarning, stacklevel=2)
     return profile
-
-
-def run_profile(*, threads: int | None = None, precision: str = "fp32", quick: bool = False,
-                progress: bool = True, channels_last: bool = True, strict: bool = False,
-                _tiny: bool = False) -> DeviceProfile:
-    """Measure this machine: micro-benchmarks, per-layer units, whole networks; fit the models.
-
-    `threads`: torch intra-op threads for every measurement (default: torch's current setting).
-    `quick`: fewer shapes, members and repeats (< 3 minutes on 2 cores). `_tiny` is for tests:
-    test-sized shapes, seconds in all; its profile is valid but predicts nothing useful.
-
-    Interference (conditions.py: other processes' CPU time, steal, the spread of repeats, peaks
-    moving during the run) is recorded in `conditions` and warned about
-    (`ProfileInterferenceWarning`); `strict=True` raises EffscaleError instead, before any
-    measuring when the machine is already busy.
-    """
-    from .microbench import measure_profile
-
-    return measure_profile(threads=threads, precision=precision, quick=quick, progress=progress,
-                           channels_last=channels_last, tiny=_tiny, strict=strict)

@@ -8,6 +8,7 @@ compare like with like.
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 from contextlib import contextmanager
@@ -136,9 +137,9 @@ def measure_latency(spec_or_model, profile, *, batch: int = 1, repeats: int | No
         model = spec_or_model
         spec = getattr(model, "spec", None)
     else:
-        from ..model import resolve_spec
+        from ..zoo import resolve_image_spec
 
-        spec = resolve_spec(spec_or_model)
+        spec = resolve_image_spec(spec_or_model)
         model = prepare(spec, profile, batch=batch)
     if resolution is None:
         if spec is None:
@@ -149,3 +150,31 @@ def measure_latency(spec_or_model, profile, *, batch: int = 1, repeats: int | No
     x = example_input(profile, getattr(model, "in_chans", 3), resolution, batch)
     with torch_threads(profile.threads), torch.inference_mode():
         return time_call(lambda: model(x), warmup=warmup, repeats=repeats, budget_s=budget_s)
+
+
+def measure_in_passes(groups: list[tuple[list, float]], *, passes: int, seed: int, min_repeats: int = 5,
+                      advance=None) -> list[list[LatencyMeasurement]]:
+    """Time groups of no-argument calls, each given with its budget in seconds per call.
+
+    A call with a `commit()` method (InContextTimer) has it called after each timed call.
+
+    Every pass times each group in turn, its calls in a fresh random order, for `budget / passes`
+    each; a call's samples are pooled over the passes. Interleaving spreads every measurement
+    over the whole run, so that a change of load from other processes moves all of them alike
+    (which the calibration on whole networks then absorbs) instead of skewing one group.
+    """
+    samples = [[[] for _ in calls] for calls, _ in groups]
+    rng = random.Random(seed)
+    for pass_index in range(passes):
+        for (calls, budget_s), group_samples in zip(groups, samples):
+            order = list(range(len(calls)))
+            rng.shuffle(order)
+            gc.collect()
+            for index in order:
+                call = calls[index]
+                measured = time_call(call, warmup=2 if pass_index == 0 else 1, budget_s=budget_s / passes,
+                                     min_repeats=min_repeats, collect=False, on_sample=getattr(call, "commit", None))
+                group_samples[index].extend(measured.samples)
+                if advance:
+                    advance()
+    return [[LatencyMeasurement.from_samples(s) for s in group_samples] for group_samples in samples]

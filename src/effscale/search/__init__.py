@@ -1,5 +1,5 @@
 """The scaling lab: search alpha, beta, gamma on your data, study compound vs single-dimension
-scaling at matched MACs, and the demo that runs it all (see DESIGN.md `search/`)."""
+scaling at matched MACs, and the demo that runs it all."""
 from .coefficients import SearchConfig, search
 from .demo import run_demo
 from .family import LAB_BASE, lab_base, resolve_base

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EffscaleError, require
-from ..scaling import Coefficients, ScalingRule
+from ..progress import ProgressBar
+from ..scaling import Coefficients, ScalingRule, scale_any
 from .family import fit_to_task, resolve_base
 from .proxy import get_budget, train_proxy
 from .strategies import LAB_RESOLUTION_MULTIPLE, check_targets, macs_of
@@ -177,8 +178,8 @@ class CoefficientSearch:
 
     # -- set-up ----------------------------------------------------------------------------------
     def _candidate(self, alpha: float, beta: float, gamma: float):
-        spec = self.base.scaled(Coefficients(alpha, beta, gamma), name=f"{self.base.name}-a{alpha:g}-b{beta:g}",
-                                resolution_multiple=LAB_RESOLUTION_MULTIPLE)
+        spec = scale_any(self.base, Coefficients(alpha, beta, gamma), name=f"{self.base.name}-a{alpha:g}-b{beta:g}",
+                         resolution_multiple=LAB_RESOLUTION_MULTIPLE)
         return spec
 
     def _check_trainable(self) -> None:
@@ -293,8 +294,8 @@ class CoefficientSearch:
     def run(self) -> dict:
         from optuna.storages import fail_stale_trials
 
-        progress = _Progress(self.config.progress, self._total())
-        with progress:
+        with ProgressBar(self.config.progress, label="search") as bar:
+            progress = bar.task("search", total=self._total())
             if self.config.sampler == "grid":
                 self._enqueue_missing()
                 wanted = {point_key(a, b) for a, b, _ in self.points}
@@ -350,33 +351,6 @@ class CoefficientSearch:
                   "study_name": self.study_name, "trials": rows, "failed": failed}
         (self.out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
-
-
-class _Progress:
-    """A rich progress bar on stderr counting complete grid points / trials."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-        self.bar = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("search", total=self.total)
-        return self
-
-    def update(self, completed: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=completed)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 def search(config: SearchConfig) -> dict:

@@ -227,7 +227,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
         },
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    from ..report import write_demo_report
+    from .report import write_demo_report
 
     result["report"] = str(write_demo_report(result, out, study_dir=out / "study"))
     _say(f"done in {timings['total']:.0f} s: {result['report']}")

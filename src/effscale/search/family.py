@@ -35,18 +35,15 @@ def resolve_base(model, phi: float | None = None, rule: ScalingRule | None = Non
     elif model == LAB_BASE:
         spec = lab_base()
     else:
-        from ..series import get_series_spec, list_series_models
+        from ..zoo import resolve_spec  # image and series names, spec files, weights files
 
-        if model in list_series_models():
-            spec = get_series_spec(model)
-        else:
-            from ..summary import load_spec
+        try:
+            spec = resolve_spec(model)
+        except EffscaleError as error:
+            from ..series import list_series_models
 
-            try:
-                spec = load_spec(model)
-            except EffscaleError as error:
-                raise EffscaleError(f"{error} (the lab also knows {LAB_BASE} and the series models: "
-                                    f"{', '.join(list_series_models())})") from None
+            raise EffscaleError(f"{error} (the lab also knows {LAB_BASE} and the series models: "
+                                f"{', '.join(list_series_models())})") from None
     if phi is not None:  # compound names phi and its allowed range in its errors
         spec = compound(spec, phi, rule)
     return spec

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EffscaleError, closest
+from ..families import family_of
 from ..train.optim import parameter_groups
 from .task import Task
 
@@ -144,7 +145,7 @@ def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: 
     started = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = spec.build(task.num_classes, task.in_chans)
+    model = family_of(spec).build(spec, task.num_classes, task.in_chans)
     zero_init_residual_branches(model)
     if task.kind == "image":
         model = model.to(memory_format=torch.channels_last)
@@ -171,7 +172,7 @@ def train_proxy(spec, task: Task, budget: str | ProxyBudget = "quick", *, seed: 
             step_seconds.append(time.perf_counter() - step_start)
     recalibrate_batchnorm(model, task, spec.resolution, budget.bn_samples)
     top1 = accuracy(model, task, split, spec.resolution, budget.eval_samples)
-    cost = spec.analytic_cost(num_classes=task.num_classes, in_chans=task.in_chans)
+    cost = family_of(spec).cost(spec, num_classes=task.num_classes, in_chans=task.in_chans)
     result = ProxyResult(top1=round(top1, 3), macs=int(cost.macs), params=int(cost.params),
                          seconds=round(time.perf_counter() - started, 2), steps=budget.steps,
                          final_loss=round(loss_value, 4))

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ..errors import EffscaleError
+from ..families import family_of
 
 MIN_STEPS = 15  # fewer steps than this train nothing worth comparing
 FORWARD_SHARE = 1 / 3
@@ -80,7 +81,7 @@ def planned_runs(search_points: int, targets, seeds: int, extra: int = 0) -> lis
 def size_demo(base, task, *, budget_name: str, targets: tuple, seeds: int, search_points: int,
               time_budget_s: float, extra_runs: int = 0) -> Sizing:
     """The proxy budget and targets that fit `time_budget_s` on this machine (module docstring)."""
-    from ..scaling import Coefficients
+    from ..scaling import Coefficients, scale_any
     from .proxy import get_budget
 
     if not time_budget_s > 0:
@@ -89,12 +90,12 @@ def size_demo(base, task, *, budget_name: str, targets: tuple, seeds: int, searc
     budget = get_budget(budget_name)
 
     def macs(spec) -> float:
-        return spec.analytic_cost(num_classes=task.num_classes, in_chans=task.in_chans).macs
+        return family_of(spec).cost(spec, num_classes=task.num_classes, in_chans=task.in_chans).macs
 
     base_step = _step_seconds(base, task, budget)
     slopes, step_s = {}, {"base": base_step}
     for dimension, multipliers in PROBES.items():
-        probe = base.scaled(Coefficients(**multipliers))
+        probe = scale_any(base, Coefficients(**multipliers))
         step_s[dimension] = _step_seconds(probe, task, budget)
         slopes[dimension] = (step_s[dimension] - base_step) / max(macs(probe) / macs(base) - 1, 1e-9)
     mixed = sum(slopes.values()) / len(slopes)

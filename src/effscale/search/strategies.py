@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import EffscaleError, closest
-from ..scaling import Coefficients, ScalingRule
+from ..families import family_of
+from ..scaling import Coefficients, ScalingRule, scale_any
 
 STRATEGIES = ("compound", "depth", "width", "resolution")
 TOLERANCE = 0.05
@@ -64,7 +65,7 @@ def coefficients_for(strategy: str, knob: float, rule: ScalingRule) -> Coefficie
 
 
 def macs_of(spec, num_classes: int, in_chans: int) -> int:
-    return int(spec.analytic_cost(num_classes=num_classes, in_chans=in_chans).macs)
+    return int(family_of(spec).cost(spec, num_classes=num_classes, in_chans=in_chans).macs)
 
 
 def match(base, strategy: str, target: float, *, rule: ScalingRule | None = None, num_classes: int = 1000,
@@ -80,8 +81,8 @@ def match(base, strategy: str, target: float, *, rule: ScalingRule | None = None
 
     def build(knob: float):
         name = f"{base.name}-{strategy}{target:g}x"
-        spec = base.scaled(coefficients_for(strategy, knob, rule), name=name,
-                           resolution_multiple=LAB_RESOLUTION_MULTIPLE)
+        spec = scale_any(base, coefficients_for(strategy, knob, rule), name=name,
+                         resolution_multiple=LAB_RESOLUTION_MULTIPLE)
         return spec, macs_of(spec, num_classes, in_chans) / base_macs
 
     low, high = neutral, neutral + 1.0

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..errors import EffscaleError, require
-from ..scaling import ScalingRule
+from ..families import family_of
+from ..progress import ProgressBar
+from ..scaling import ScalingRule, scale_any
 from .family import fit_to_task, resolve_base
 from .proxy import get_budget, train_proxy
 from .strategies import STRATEGIES, check_targets, match
@@ -66,7 +68,7 @@ def measure_latencies(specs: list, task, rounds: int = 5, seed: int = 0) -> dict
         key = architecture(spec)
         if key in models:
             continue
-        model = spec.build(task.num_classes, task.in_chans).eval()
+        model = family_of(spec).build(spec, task.num_classes, task.in_chans).eval()
         if task.kind == "image":
             from ..nn import prepare_for_inference
 
@@ -147,7 +149,7 @@ def largest_reachable(base, strategy: str, rule: ScalingRule, task) -> float:
 
     def scaled(t: float):
         knob = t if strategy == "compound" else math.exp(t)
-        return base.scaled(coefficients_for(strategy, knob, rule), resolution_multiple=LAB_RESOLUTION_MULTIPLE)
+        return scale_any(base, coefficients_for(strategy, knob, rule), resolution_multiple=LAB_RESOLUTION_MULTIPLE)
 
     def feasible(t: float) -> bool:
         try:
@@ -181,10 +183,9 @@ def run_study(config: StudyConfig) -> dict:
                    "strategies": list(config.strategies)}
     _check_resume(out / "study_config.json", fingerprint)
     rows = _Rows(out / "results.jsonl")
-    from .coefficients import _Progress
-
     jobs = [(run, seed) for run in runs for seed in range(config.seeds)]
-    with _Progress(config.progress, len(jobs)) as progress:
+    with ProgressBar(config.progress, label="search") as bar:
+        progress = bar.task("search", total=len(jobs))
         for done, (run, seed) in enumerate(jobs):
             progress.update(done)
             if rows.has(run["strategy"], run["target"], seed):
@@ -215,7 +216,7 @@ def run_study(config: StudyConfig) -> dict:
               "seeds": config.seeds, "targets": [float(t) for t in check_targets(config.targets)],
               "command": config.command, "rows": rows.rows, "summary": summary}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    from ..report import write_study_report
+    from .report import write_study_report
 
     result["report"] = str(write_study_report(result, out))
     return result
@@ -281,19 +282,3 @@ def summarise(rows: list[dict]) -> list[dict]:
             "top1_mean": round(statistics.fmean(top1), 3), "top1_min": min(top1), "top1_max": max(top1),
             "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else 0.0})
     return summary
-
-
-def compound_margins(summary: list[dict]) -> list[dict]:
-    """Per target: compound's mean top-1 minus the best single-dimension strategy's."""
-    margins = []
-    for target in sorted({s["target"] for s in summary if s["strategy"] != "base"}):
-        at = {s["strategy"]: s for s in summary if s["target"] == target}
-        singles = [s for name, s in at.items() if name not in ("compound", "base")]
-        if "compound" not in at or not singles:
-            continue
-        best = max(singles, key=lambda s: s["top1_mean"])
-        margins.append({"target": target, "compound": at["compound"]["top1_mean"], "best_single": best["strategy"],
-                        "best_single_top1": best["top1_mean"],
-                        "margin": round(at["compound"]["top1_mean"] - best["top1_mean"], 3),
-                        "spread": max(at["compound"]["top1_std"], best["top1_std"])})
-    return margins

@@ -1,6 +1,6 @@
 """Analytic cost of a `SeriesSpec`, from the spec alone (never by tracing a module).
 
-It walks `SeriesSpec.blocks()` exactly as `nn.SeriesNet` builds its modules and follows the
+It walks `SeriesSpec.blocks()` and each block's `layers()` exactly as `nn.SeriesNet` builds its modules and follows the
 image family's counting convention (effscale/cost.py): `params` is every parameter of the built
 module (conv weights, the SE convs' and classifier's biases, the BN affine pairs), `macs` counts
 convolutions and the classifier only (what `torch.utils.flop_counter` reports as conv + mm
@@ -52,7 +52,7 @@ class _Tally:
 
 def series_cost(spec: SeriesSpec, batch: int = 1, *, length: int | None = None,
                 num_classes: int = DEFAULT_NUM_CLASSES, in_chans: int = 1) -> SeriesCost:
-    """Params, MACs and activations of `spec.build(num_classes, in_chans)` on `batch` sequences of
+    """Params, MACs and activations of `SeriesNet(spec, num_classes, in_chans)` on `batch` sequences of
     `length` samples (default: the spec's own length)."""
     if not isinstance(spec, SeriesSpec):
         raise EffscaleError(f"series_cost() takes a SeriesSpec, got {type(spec).__name__}")
@@ -63,14 +63,13 @@ def series_cost(spec: SeriesSpec, batch: int = 1, *, length: int | None = None,
     tally = _Tally(batch)
     steps = tally.conv(in_chans, spec.stem_channels, spec.stem_kernel, length, STEM_STRIDE)
     for block in spec.blocks():
-        hidden = block.expanded_channels
-        if block.expand_ratio != 1:
-            tally.conv(block.in_channels, hidden, 1, steps)
-        steps = tally.conv(hidden, hidden, block.kernel, steps, block.stride, groups=hidden)
-        if block.se_channels:  # on the time-pooled vector (length 1), biased, no batch norm
-            tally.conv(hidden, block.se_channels, 1, 1, bias=True, norm=False)
-            tally.conv(block.se_channels, hidden, 1, 1, bias=True, norm=False)
-        tally.conv(hidden, block.out_channels, 1, steps)
+        for layer in block.layers():  # as SeriesNet builds them
+            if layer.kind == "se":  # on the time-pooled vector (length 1), biased, no batch norm
+                tally.conv(layer.in_channels, layer.squeeze, 1, 1, bias=True, norm=False)
+                tally.conv(layer.squeeze, layer.in_channels, 1, 1, bias=True, norm=False)
+            else:
+                steps = tally.conv(layer.in_channels, layer.out_channels, layer.kernel, steps, layer.stride,
+                                   groups=layer.groups)
     tally.conv(spec.out_channels, spec.head_channels, 1, steps)
     if num_classes:  # a linear layer is a length-1 1x1 conv with a bias
         tally.conv(spec.head_channels, num_classes, 1, 1, bias=True, norm=False)

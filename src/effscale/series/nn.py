@@ -12,7 +12,7 @@ from torch import nn
 
 from ..cost import _check_int
 from ..nn.layers import DropPath, make_activation
-from ..spec import STEM_STRIDE, BlockSpec
+from ..spec import STEM_STRIDE, BlockSpec, LayerSpec
 from .spec import DEFAULT_NUM_CLASSES, SeriesSpec
 
 
@@ -41,24 +41,31 @@ class SqueezeExcite1d(nn.Module):
         return x * self.expand(self.act(self.reduce(x.mean(2, keepdim=True)))).sigmoid()
 
 
+def make_layer1d(layer: LayerSpec, activation: str, bn_eps: float, bn_momentum: float) -> nn.Module:
+    """The 1-D module of one `LayerSpec` (squeeze-excite, or conv1d + BN (+ activation))."""
+    if layer.kind == "se":
+        return SqueezeExcite1d(layer.in_channels, layer.squeeze, activation)
+    return ConvNormAct1d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, groups=layer.groups,
+                         activation=activation if layer.activation else None, bn_eps=bn_eps, bn_momentum=bn_momentum)
+
+
 class MBConv1d(nn.Module):
-    """Inverted residual along time: 1x1 expand -> depthwise k -> SE -> 1x1 project (+ residual)."""
+    """Inverted residual along time, built from `BlockSpec.layers()` as the image MBConv is:
+    1x1 expand -> depthwise k -> SE -> 1x1 project (+ residual)."""
 
     def __init__(self, block: BlockSpec, activation: str, bn_eps: float, bn_momentum: float):
         super().__init__()
-        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        hidden = block.expanded_channels
-        self.expand = (ConvNormAct1d(block.in_channels, hidden, 1, activation=activation, **norm)
-                       if block.expand_ratio != 1 else nn.Identity())
-        self.depthwise = ConvNormAct1d(hidden, hidden, block.kernel, block.stride, groups=hidden,
-                                       activation=activation, **norm)
-        self.se = SqueezeExcite1d(hidden, block.se_channels, activation) if block.se_channels else nn.Identity()
-        self.project = ConvNormAct1d(hidden, block.out_channels, 1, activation=None, **norm)
+        layers = block.layers()
+        for layer in layers:
+            self.add_module(layer.name, make_layer1d(layer, activation, bn_eps, bn_momentum))
+        self.layer_names = tuple(layer.name for layer in layers)
         self.has_residual = block.has_residual
         self.drop_path = DropPath(block.drop_path_rate) if self.has_residual else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.depthwise(self.expand(x))))
+        out = x
+        for name in self.layer_names:
+            out = getattr(self, name)(out)
         return x + self.drop_path(out) if self.has_residual else out
 
 

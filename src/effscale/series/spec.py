@@ -17,15 +17,12 @@ Text form (`to_text` / `from_text`, exact round trip), one header line and one l
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import EffscaleError, closest
-from ..scaling import (RESOLUTION_MULTIPLE, Coefficients, SizeLimits, check_multipliers, round_channels, round_repeats,
-                       round_resolution)
-from ..spec import ACTIVATIONS, NetworkSpec, StageSpec, _check, _fmt_num, check_size_limits
+from ..scaling import RESOLUTION_MULTIPLE, Coefficients, SizeLimits, scale_stages
+from ..spec import NetworkSpec, StageSpec, _check, _fmt_num, check_network_fields
 
 MIN_LENGTH = 16
 MAX_LENGTH = 1 << 20  # samples; far above any window the family is meant for, far below a hang
@@ -42,14 +39,6 @@ class SeriesStage(StageSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.block == "mbconv", f"block type {self.block!r} is not available for series; allowed: mbconv")
-
-
-def _in_range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = True):
-    """`value` must be a number in the interval; the message writes the interval out."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    _check(ok, f"{name}={value!r} must be in {interval}")
 
 
 # header key -> (field, parser); the order is the order `to_text` writes them in.
@@ -82,27 +71,10 @@ class SeriesSpec:
     kind: ClassVar[str] = "series"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.name, str) and bool(self.name) and not any(c.isspace() for c in self.name),
-               f"name={self.name!r} must be non-empty and contain no spaces")
-        object.__setattr__(self, "stages", tuple(self.stages))
-        _check(len(self.stages) >= 1, "a series network needs at least one stage")
-        _check(all(isinstance(s, SeriesStage) for s in self.stages), "stages must be SeriesStage rows")
-        for key in ("stem_channels", "head_channels", "divisor"):
-            value = getattr(self, key)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                   f"{key}={value!r} must be an integer >= 1")
+        check_network_fields(self, stage_type=SeriesStage, what="series network", min_resolution=MIN_LENGTH,
+                             max_resolution=MAX_LENGTH, unit="samples", resolution_label="resolution (sequence length)")
         _check(isinstance(self.stem_kernel, int) and self.stem_kernel >= 1 and self.stem_kernel % 2 == 1,
                f"stem_kernel={self.stem_kernel!r} must be an odd integer >= 1")
-        _check(isinstance(self.resolution, int) and not isinstance(self.resolution, bool)
-               and self.resolution >= MIN_LENGTH,
-               f"resolution (sequence length)={self.resolution!r} must be an integer >= {MIN_LENGTH}")
-        check_size_limits(self, max_resolution=MAX_LENGTH, unit="samples")
-        _check(self.activation in ACTIVATIONS,
-               f"activation={self.activation!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
-        _in_range("dropout", self.dropout, 0, 1)
-        _in_range("drop_path_rate", self.drop_path_rate, 0, 1)
-        _in_range("bn_eps", self.bn_eps, 0, 1, low_open=True)
-        _in_range("bn_momentum", self.bn_momentum, 0, 1, low_open=True, high_open=False)
 
     # -- derived structure: the image family's, reused (they read only fields both share) --
     num_blocks = NetworkSpec.num_blocks
@@ -115,34 +87,6 @@ class SeriesSpec:
     def length(self) -> int:
         """The sequence length (the family's resolution)."""
         return self.resolution
-
-    # -- the scaling-lab protocol (scaling.Scalable) ------------------------------------
-    def scaled(self, coefficients: Coefficients, *, name: str | None = None,
-               resolution_multiple: int = RESOLUTION_MULTIPLE) -> "SeriesSpec":
-        """Depth by ceil of repeats, widths by `make_divisible`, length to a multiple of
-        `resolution_multiple` (1 for the finest steps at short lengths); never below one channel or
-        `MIN_LENGTH` samples, never past the size limits (ScaleLimitError names the multiplier)."""
-        if not isinstance(coefficients, Coefficients):
-            raise TypeError(f"coefficients must be a Coefficients(depth, width, resolution), "
-                            f"got {type(coefficients).__name__}")
-        check_multipliers(self, coefficients, resolution_multiple=resolution_multiple, limits=SERIES_LIMITS)
-        width, depth = coefficients.width, coefficients.depth
-        length = round_resolution(self.resolution, coefficients.resolution, resolution_multiple)
-        stages = tuple(dataclasses.replace(
-            stage, repeats=round_repeats(stage.repeats, depth) if stage.scale_depth else stage.repeats,
-            out_channels=round_channels(stage.out_channels, width, self.divisor)) for stage in self.stages)
-        return self.replace(
-            name=self.name if name is None else name, stages=stages, resolution=length,
-            stem_channels=round_channels(self.stem_channels, width, self.divisor),
-            head_channels=round_channels(self.head_channels, width, self.divisor))
-
-    def build(self, num_classes: int = DEFAULT_NUM_CLASSES, in_chans: int = 1):
-        from .nn import SeriesNet
-        return SeriesNet(self, num_classes=num_classes, in_chans=in_chans)
-
-    def analytic_cost(self, batch: int = 1, *, num_classes: int = DEFAULT_NUM_CLASSES, in_chans: int = 1):
-        from .cost import series_cost
-        return series_cost(self, batch, num_classes=num_classes, in_chans=in_chans)
 
     # -- text form ---------------------------------------------------------------------
     def to_text(self) -> str:
@@ -183,6 +127,21 @@ SERIES_B0 = SeriesSpec(name="series_b0", head_channels=96, stages=(
 ))
 
 _SERIES_FAMILY = {spec.name: spec for spec in (SERIES_B0,)}
+
+
+def scale_series(spec: SeriesSpec, coefficients: Coefficients, *, name: str | None = None,
+                 resolution_multiple: int = RESOLUTION_MULTIPLE) -> SeriesSpec:
+    """`spec` scaled by (depth, width, length) with the image family's rounding (`scale_stages`):
+    depth by ceil of repeats, widths by `make_divisible`, length to a multiple of
+    `resolution_multiple` (1 for the finest steps at short lengths); never below one channel or
+    `MIN_LENGTH` samples, never past the size limits (ScaleLimitError names the multiplier)."""
+    if not isinstance(spec, SeriesSpec):
+        raise TypeError(f"scale_series() takes a SeriesSpec, got {type(spec).__name__}")
+    if not isinstance(coefficients, Coefficients):
+        raise TypeError(f"coefficients must be a Coefficients(depth, width, resolution), "
+                        f"got {type(coefficients).__name__}")
+    return scale_stages(spec, coefficients, name=name, resolution_multiple=resolution_multiple,
+                        limits=SERIES_LIMITS)
 
 
 def list_series_models() -> list[str]:

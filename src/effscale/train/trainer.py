@@ -23,8 +23,9 @@ from torch import nn
 from ..cost import cost
 from ..data import BatchTransform, batches_per_epoch, iterate_batches, load_data
 from ..errors import EffscaleError, is_out_of_memory
-from ..model import resolve_spec
+from ..zoo import resolve_image_spec
 from ..nn.network import EfficientNet
+from ..progress import ProgressBar
 from ..scaling import compound
 from ..spec import NetworkSpec, check_trainable_macs
 from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
@@ -131,15 +132,13 @@ def _all_true(flag: bool, dist_info: Dist) -> bool:
 # -- model set-up --------------------------------------------------------------------------------
 def _resolve_student_spec(config: TrainConfig, init_spec: NetworkSpec | None) -> NetworkSpec:
     if config.model is not None:
-        from ..summary import load_spec
-
-        spec = load_spec(config.model)
+        spec = resolve_image_spec(config.model)
     elif init_spec is not None:
         spec = init_spec
     elif config.recipe == "quick":
         spec = quick_spec()
     else:
-        spec = resolve_spec("efficientnet_b0")
+        spec = resolve_image_spec("efficientnet_b0")
     if config.phi is not None:
         spec = compound(spec, config.phi)
     return spec
@@ -268,19 +267,6 @@ class _Metrics:
         return self.path.stat().st_size if self.enabled and self.path.exists() else 0
 
 
-def _progress(enabled: bool, total: int, completed: int):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    # stderr: stdout stays clean for --json
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), disable=not enabled, transient=False, console=Console(stderr=True))
-    task = progress.add_task("train", total=total, completed=completed, info="")
-    return progress, task
-
-
 def train(config: TrainConfig) -> dict:
     """Run training as `config` says; returns the summary written to out/summary.json.
 
@@ -300,215 +286,327 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(threads_before)  # the governor or `threads` changed them for this run only
 
 
-def _train(config: TrainConfig) -> dict:
-    started = time.time()
-    config.validate()
-    dist_info = init_distributed()
-    out = Path(config.out)
+class ClassificationTask:
+    """What the loop needs to know of its task: the data, the loss, the metric and what a run
+    reports. Training code outside this class is task-free, so detection and segmentation plug in
+    as other tasks with the same four members."""
 
-    init_spec, init_source = _read_init(config.init) if config.init else (None, None)
+    name = "classification"
+
+    def load(self, config: TrainConfig, spec: NetworkSpec):
+        # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
+        storage = round(spec.resolution / spec.crop_pct) if config.data.startswith("folder:") else None
+        return load_data(config.data, seed=config.seed, image_size=storage)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+             config: TrainConfig, recipe: Recipe) -> torch.Tensor:
+        if teacher_logits is not None:
+            return distillation_loss(logits, teacher_logits, labels, alpha=config.distill_alpha,
+                                     temperature=config.distill_temperature, label_smoothing=recipe.label_smoothing)
+        return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+
+    def evaluate(self, model: nn.Module, split, recipe: Recipe, channels_last: bool = True) -> dict:
+        """The metric on the held-out split: top1 / top5 (percent) and samples."""
+        return evaluate(model, split, precision=recipe.precision, channels_last=channels_last)
+
+    def describe(self, result: dict) -> str:
+        return f"test top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds, set up by `_setup`, advanced by `_epoch`."""
+
+    config: TrainConfig
+    task: ClassificationTask
+    dist: Dist
+    out: Path
+    started: float
+    init_source: object = None  # --init's weights, read once
+    spec: NetworkSpec = None
+    splits: object = None
+    recipe: Recipe = None
+    precision_reason: str = ""
+    per_rank: int = 0
+    model: nn.Module = None
+    ddp_model: nn.Module = None
+    teacher: nn.Module | None = None
+    ema: ModelEMA | None = None
+    optimizer: torch.optim.Optimizer = None
+    scaler: object = None
+    memory_format: torch.memory_format = torch.contiguous_format
+    transform: BatchTransform = None
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    fingerprint: dict = field(default_factory=dict)
+    step: int = 0
+    wall_before: float = 0.0
+    metrics: _Metrics = None
+    last_eval: dict | None = None
+
+    @property
+    def amp_dtype(self):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.recipe.precision)
+
+
+def _train(config: TrainConfig) -> dict:
+    config.validate()
+    run = _Run(config=config, task=ClassificationTask(), dist=init_distributed(), out=Path(config.out),
+               started=time.time())
+    _setup_spec_and_data(run)
+    _setup_model(run)
+    _setup_schedule(run)
+    metrics_offset = _resume(run) if config.resume else None
+    _setup_loop(run, metrics_offset)
+    governor = _thread_governor(config, run.dist)
+    with ProgressBar(config.progress and run.dist.main and sys.stderr.isatty(), label="[bold]train", info=True,
+                     eta=True) as progress:
+        bar = progress.task("train", total=run.total_steps, completed=run.step)
+        while run.step < run.total_steps:
+            _epoch(run, progress, bar, governor)
+    return _finish(run)
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+def _setup_spec_and_data(run: _Run) -> None:
+    """The spec (a name, --init's, --phi), the data, the recipe and precision, the batch split."""
+    config, dist_info = run.config, run.dist
+    init_spec, run.init_source = _read_init(config.init) if config.init else (None, None)
     spec = _resolve_student_spec(config, init_spec)
     check_trainable_macs(cost(spec, num_classes=0).macs, f"{spec.name} has", "per image",
                          "choose a smaller model or --phi")
-    # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
-    storage = round(spec.resolution / spec.crop_pct) if config.data.startswith("folder:") else None
-    splits = load_data(config.data, seed=config.seed, image_size=storage)
-    if init_source is None:
+    run.splits = run.task.load(config, spec)
+    if run.init_source is None:
         # From scratch: preprocessing is the data's own statistics (it travels with the weights).
-        mean, std = _channel_stats(splits.train)
+        mean, std = _channel_stats(run.splits.train)
         spec = spec.replace(mean=mean, std=std)
     recipe = get_recipe(config.recipe, spec, config.batch_size)
     recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
-    precision, precision_reason = resolve_precision(recipe.precision, dist_info.device.type)
+    precision, run.precision_reason = resolve_precision(recipe.precision, dist_info.device.type)
     if recipe.precision == "auto":
         recipe = recipe.replace(precision=precision)
         if dist_info.main:
-            print(f"precision: {precision} ({precision_reason})", file=sys.stderr, flush=True)
+            print(f"precision: {precision} ({run.precision_reason})", file=sys.stderr, flush=True)
     if recipe.precision == "fp16" and dist_info.device.type == "cpu":
         raise EffscaleError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
-    per_rank = recipe.batch_size // (dist_info.world_size * config.accumulation)
-    if per_rank * dist_info.world_size * config.accumulation != recipe.batch_size:
+    run.per_rank = recipe.batch_size // (dist_info.world_size * config.accumulation)
+    if run.per_rank * dist_info.world_size * config.accumulation != recipe.batch_size:
         raise EffscaleError(f"batch size {recipe.batch_size} must be divisible by world size "
                             f"{dist_info.world_size} x accumulation {config.accumulation}")
-    spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
-                        bn_momentum=recipe.bn_momentum or spec.bn_momentum)
+    run.spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
+                            bn_momentum=recipe.bn_momentum or spec.bn_momentum)
+    run.recipe = recipe
 
-    num_classes, in_chans = splits.train.num_classes, splits.train.in_chans
+
+def _setup_model(run: _Run) -> None:
+    """The model (seeded), --init weights, probe freezing, checkpointing, teacher, EMA, optimizer."""
+    config, recipe = run.config, run.recipe
+    num_classes, in_chans = run.splits.train.num_classes, run.splits.train.in_chans
     _seed_everything(config.seed)  # the initial weights are a function of the seed too
-    model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans)
-    if dist_info.main:
-        check_output_dir(out, _estimate_run_bytes(model))
-    if init_source is not None:
-        _load_init(model, init_source, config.init)
+    model = EfficientNet(run.spec, num_classes=num_classes, in_chans=in_chans)
+    if run.dist.main:
+        check_output_dir(run.out, _estimate_run_bytes(model))
+    if run.init_source is not None:
+        _load_init(model, run.init_source, config.init)
     if config.linear_probe:
         _freeze_backbone(model)
     if config.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise EffscaleError("this build of effscale has no activation checkpointing")
         model.set_grad_checkpointing(True)
-    teacher = _load_teacher(config.teacher, num_classes, in_chans) if config.teacher else None
+    run.teacher = _load_teacher(config.teacher, num_classes, in_chans) if config.teacher else None
+    model.to(run.dist.device)
+    run.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(memory_format=run.memory_format)
+    run.ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    run.optimizer = make_optimizer(model, recipe)
+    run.model = run.ddp_model = model
 
-    model.to(dist_info.device)
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    ema = ModelEMA(model, recipe.ema_decay) if recipe.ema_decay else None
-    optimizer = make_optimizer(model, recipe)
-    steps_per_epoch = batches_per_epoch(splits.train, per_rank, drop_last=True,
-                                        world_size=dist_info.world_size) // config.accumulation
-    if steps_per_epoch < 1:
+
+def _setup_schedule(run: _Run) -> None:
+    config, recipe, dist_info = run.config, run.recipe, run.dist
+    run.steps_per_epoch = batches_per_epoch(run.splits.train, run.per_rank, drop_last=True,
+                                            world_size=dist_info.world_size) // config.accumulation
+    if run.steps_per_epoch < 1:
         raise EffscaleError(f"batch size {recipe.batch_size} is larger than the training split "
-                            f"({len(splits.train)} images)")
-    total_steps = steps_per_epoch * recipe.epochs
+                            f"({len(run.splits.train)} images)")
+    run.total_steps = run.steps_per_epoch * recipe.epochs
     if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    fingerprint = _fingerprint(config, recipe, spec, dist_info.world_size)
+        run.total_steps = min(run.total_steps, config.max_steps)
+    run.fingerprint = _fingerprint(config, recipe, run.spec, dist_info.world_size)
 
-    step, wall_before, metrics_offset = 0, 0.0, None
-    if config.resume:
-        state = load_checkpoint(out)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise EffscaleError(f"--resume: {out / 'checkpoint.pt'} is not an effscale training checkpoint")
-        differ = [key for key in fingerprint if state["fingerprint"].get(key) != fingerprint[key]]
-        if differ:
-            raise EffscaleError(f"--resume: the checkpoint in {out} is from a run with different "
-                                f"{', '.join(differ)}; resume with the same options or use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _match_state_layout(optimizer)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step, wall_before, metrics_offset = state["step"], state["wall_s"], state["metrics_offset"]
 
-    ddp_model = model
-    if dist_info.world_size > 1:
+def _resume(run: _Run) -> int:
+    """Load out/checkpoint.pt into the run (same options only); returns the metrics file offset."""
+    state = load_checkpoint(run.out)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise EffscaleError(f"--resume: {run.out / 'checkpoint.pt'} is not an effscale training checkpoint")
+    differ = [key for key in run.fingerprint if state["fingerprint"].get(key) != run.fingerprint[key]]
+    if differ:
+        raise EffscaleError(f"--resume: the checkpoint in {run.out} is from a run with different "
+                            f"{', '.join(differ)}; resume with the same options or use another --out")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    _match_state_layout(run.optimizer)
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.step, run.wall_before = state["step"], state["wall_s"]
+    return state["metrics_offset"]
+
+
+def _setup_loop(run: _Run, metrics_offset: int | None) -> None:
+    """DDP wrapping, the metrics file (truncated back to a resumed checkpoint), the train transform
+    and the loss scaler."""
+    if run.dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(model, device_ids=[dist_info.device] if dist_info.device.type == "cuda"
-                                            else None)
-    transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=recipe.augment,
-                               in_chans=in_chans, scale=recipe.crop_scale)
-    metrics = _Metrics(out / "metrics.jsonl", dist_info.main, metrics_offset)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
-    scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
+        run.ddp_model = DistributedDataParallel(
+            run.model, device_ids=[run.dist.device] if run.dist.device.type == "cuda" else None)
+    run.metrics = _Metrics(run.out / "metrics.jsonl", run.dist.main, metrics_offset)
+    spec = run.spec
+    run.transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=run.recipe.augment,
+                                   in_chans=run.splits.train.in_chans, scale=run.recipe.crop_scale)
+    run.scaler = torch.amp.GradScaler("cuda") if run.recipe.precision == "fp16" else None
 
-    def checkpoint() -> None:
-        # A loss can stay finite while weights or BN statistics overflow; never save those.
-        if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
-            raise TrainingDiverged(
-                f"the weights became non-finite at step {step}; training stopped. The last good checkpoint "
-                f"is {out / 'checkpoint.pt'}: lower --lr, or check the data")
-        if not dist_info.main:
-            return
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "step": step, "wall_s": wall_before + time.time() - started,
-                         "metrics_offset": metrics.offset(), "fingerprint": fingerprint,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None}, out)
 
-    progress, task = _progress(config.progress and dist_info.main and sys.stderr.isatty(), total_steps, step)
-    governor = None
+def _thread_governor(config: TrainConfig, dist_info: Dist) -> ThreadGovernor | None:
+    """`threads` fixes the count; by default a CPU run follows the cores other processes leave."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    elif dist_info.device.type == "cpu":
-        governor = ThreadGovernor(max_threads=torch.get_num_threads(), interval_s=train_threads.DEFAULT_INTERVAL_S)
-    images_per_step = recipe.batch_size
-    last_eval: dict | None = None
-    with progress:
-        while step < total_steps:
-            epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            batches = iterate_batches(splits.train, per_rank, seed=config.seed, epoch=epoch, shuffle=True,
-                                      drop_last=True, rank=dist_info.rank, world_size=dist_info.world_size,
-                                      start_batch=step_in_epoch * config.accumulation)
-            model.train()
-            if config.linear_probe:
-                _backbone_eval(model)
-            tick = time.time()
-            while step < total_steps and step // steps_per_epoch == epoch:
-                torch.manual_seed((config.seed * 1_000_003 + step) * 64 + dist_info.rank)
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for micro in range(config.accumulation):
-                    images, labels = next(batches)
-                    inputs = transform(images).to(dist_info.device, memory_format=memory_format)
-                    labels = labels.to(dist_info.device)
-                    sync = micro == config.accumulation - 1 or dist_info.world_size == 1
-                    context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
-                    with context, torch.autocast(dist_info.device.type, dtype=amp_dtype or torch.float32,
-                                                 enabled=amp_dtype is not None):
-                        logits = ddp_model(inputs).float()
-                        if teacher is not None:
-                            with torch.no_grad():
-                                teacher_logits = teacher(_resize_for(teacher, inputs)).float()
-                            loss = distillation_loss(logits, teacher_logits, labels, alpha=config.distill_alpha,
-                                                     temperature=config.distill_temperature,
-                                                     label_smoothing=recipe.label_smoothing)
-                        else:
-                            loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
-                        loss = loss / config.accumulation
-                    if not _all_true(bool(torch.isfinite(loss)), dist_info):
-                        raise TrainingDiverged(
-                            f"the loss became {loss.item()} at step {step} (epoch {epoch}); training stopped. "
-                            f"The last good checkpoint is {out / 'checkpoint.pt'}: lower --lr, or check the data")
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    loss_sum += loss.item()
-                lr = recipe.lr * lr_factor(step, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                           recipe=recipe)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                now = time.time()
-                throughput = images_per_step / max(now - tick, 1e-9)
-                tick = now
-                metrics.write({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr, "img_per_s": throughput})
-                progress.update(task, advance=1, info=f"loss {loss_sum:.3f} {throughput:.0f} img/s")
-                if governor is not None and (threads := governor.poll()) is not None:
-                    metrics.write({"step": step, "threads": threads, "others_cores": round(governor.others_cores, 2)})
-                    if dist_info.main:
-                        progress.console.print(
-                            f"effscale: other processes are using {governor.others_cores:.1f} cores: training on "
-                            f"{threads} thread{'s' if threads > 1 else ''} (--threads N fixes the count)")
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    checkpoint()
-            evaluated = ema.module if ema is not None else model
-            last_eval = evaluate(evaluated, splits.test, precision=recipe.precision,
-                                 channels_last=recipe.channels_last)
-            metrics.write({"epoch": epoch, "step": step, "test_top1": last_eval["top1"],
-                           "test_top5": last_eval["top5"]})
-            if dist_info.main:
-                progress.console.print(f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}: "
-                                       f"step {step}, test top-1 {last_eval['top1']:.2f} %, "
-                                       f"top-5 {last_eval['top5']:.2f} %")
-            checkpoint()
+        return None
+    if dist_info.device.type == "cpu":
+        return ThreadGovernor(max_threads=torch.get_num_threads(), interval_s=train_threads.DEFAULT_INTERVAL_S)
+    return None
 
-    final = ema.module if ema is not None else model
-    if last_eval is None:  # resumed a finished run: nothing trained, evaluate what is there
-        last_eval = evaluate(final, splits.test, precision=recipe.precision)
-    checksums = _rank_checksums(model, dist_info)
+
+# -- the loop --------------------------------------------------------------------------------------
+def _checkpoint(run: _Run) -> None:
+    # A loss can stay finite while weights or BN statistics overflow; never save those.
+    if not all(torch.isfinite(v).all() for v in run.model.state_dict().values() if v.is_floating_point()):
+        raise TrainingDiverged(
+            f"the weights became non-finite at step {run.step}; training stopped. The last good checkpoint "
+            f"is {run.out / 'checkpoint.pt'}: lower --lr, or check the data")
+    if not run.dist.main:
+        return
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "step": run.step,
+                     "wall_s": run.wall_before + time.time() - run.started,
+                     "metrics_offset": run.metrics.offset(), "fingerprint": run.fingerprint,
+                     "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                     "ema": run.ema.state_dict() if run.ema is not None else None}, run.out)
+
+
+def _epoch(run: _Run, progress, bar, governor: ThreadGovernor | None) -> None:
+    """The rest of the current epoch (from a resumed step too), then its evaluation and checkpoint."""
+    config, dist_info = run.config, run.dist
+    epoch, step_in_epoch = divmod(run.step, run.steps_per_epoch)
+    batches = iterate_batches(run.splits.train, run.per_rank, seed=config.seed, epoch=epoch, shuffle=True,
+                              drop_last=True, rank=dist_info.rank, world_size=dist_info.world_size,
+                              start_batch=step_in_epoch * config.accumulation)
+    run.model.train()
+    if config.linear_probe:
+        _backbone_eval(run.model)
+    tick = time.time()
+    while run.step < run.total_steps and run.step // run.steps_per_epoch == epoch:
+        loss_sum, lr = _step(run, batches, epoch)
+        now = time.time()
+        throughput = run.recipe.batch_size / max(now - tick, 1e-9)
+        tick = now
+        run.metrics.write({"step": run.step, "epoch": epoch, "loss": loss_sum, "lr": lr, "img_per_s": throughput})
+        bar.advance(info=f"loss {loss_sum:.3f} {throughput:.0f} img/s")
+        if governor is not None and (threads := governor.poll()) is not None:
+            run.metrics.write({"step": run.step, "threads": threads, "others_cores": round(governor.others_cores, 2)})
+            if dist_info.main:
+                progress.print(
+                    f"effscale: other processes are using {governor.others_cores:.1f} cores: training on "
+                    f"{threads} thread{'s' if threads > 1 else ''} (--threads N fixes the count)")
+        if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+            _checkpoint(run)
+    run.last_eval = run.task.evaluate(run.ema.module if run.ema is not None else run.model, run.splits.test,
+                                      run.recipe, channels_last=run.recipe.channels_last)
+    run.metrics.write({"epoch": epoch, "step": run.step, "test_top1": run.last_eval["top1"],
+                       "test_top5": run.last_eval["top5"]})
+    if dist_info.main:
+        progress.print(f"epoch {epoch + 1}/{math.ceil(run.total_steps / run.steps_per_epoch)}: "
+                               f"step {run.step}, {run.task.describe(run.last_eval)}")
+    _checkpoint(run)
+
+
+def _step(run: _Run, batches, epoch: int) -> tuple[float, float]:
+    """One optimizer step over `accumulation` micro-batches; returns (loss, learning rate)."""
+    config, dist_info, recipe = run.config, run.dist, run.recipe
+    torch.manual_seed((config.seed * 1_000_003 + run.step) * 64 + dist_info.rank)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for micro in range(config.accumulation):
+        loss = _micro_step(run, next(batches), sync=micro == config.accumulation - 1 or dist_info.world_size == 1)
+        if not _all_true(bool(torch.isfinite(loss)), dist_info):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {run.step} (epoch {epoch}); training stopped. "
+                f"The last good checkpoint is {run.out / 'checkpoint.pt'}: lower --lr, or check the data")
+        (run.scaler.scale(loss) if run.scaler else loss).backward()
+        loss_sum += loss.item()
+    lr = recipe.lr * lr_factor(run.step, steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
+                               recipe=recipe)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    run.step += 1
+    return loss_sum, lr
+
+
+def _micro_step(run: _Run, batch, sync: bool) -> torch.Tensor:
+    """Forward and loss of one micro-batch (gradients synchronised across ranks only when `sync`)."""
+    images, labels = batch
+    inputs = run.transform(images).to(run.dist.device, memory_format=run.memory_format)
+    labels = labels.to(run.dist.device)
+    context = run.ddp_model.no_sync() if not sync else contextlib.nullcontext()
+    amp_dtype = run.amp_dtype
+    with context, torch.autocast(run.dist.device.type, dtype=amp_dtype or torch.float32,
+                                 enabled=amp_dtype is not None):
+        logits = run.ddp_model(inputs).float()
+        teacher_logits = None
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(_resize_for(run.teacher, inputs)).float()
+        loss = run.task.loss(logits, labels, teacher_logits, run.config, run.recipe)
+        return loss / run.config.accumulation
+
+
+# -- the end ---------------------------------------------------------------------------------------
+def _finish(run: _Run) -> dict:
+    """Evaluate what is there if nothing was trained, write model.safetensors and summary.json."""
+    config, spec, dist_info = run.config, run.spec, run.dist
+    num_classes, in_chans = run.splits.train.num_classes, run.splits.train.in_chans
+    final = run.ema.module if run.ema is not None else run.model
+    if run.last_eval is None:  # resumed a finished run: nothing trained, evaluate what is there
+        run.last_eval = run.task.evaluate(final, run.splits.test, run.recipe)
+    last_eval = run.last_eval
+    checksums = _rank_checksums(run.model, dist_info)
+    counted = cost(spec, num_classes=num_classes, in_chans=in_chans)
     summary = {
         "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_samples": last_eval["samples"],
-        "params": cost(spec, num_classes=num_classes, in_chans=in_chans).params,
-        "macs": cost(spec, num_classes=num_classes, in_chans=in_chans).macs,
-        "wall_s": round(wall_before + time.time() - started, 2), "world_size": dist_info.world_size,
-        "steps": step, "epochs": recipe.epochs, "recipe": json.loads(json.dumps(asdict(recipe))), "model": spec.name,
-        "resolution": spec.resolution, "data": config.data, "seed": config.seed,
-        "weights": str(out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
-        "command": config.command or " ".join(sys.argv), "precision": recipe.precision,
-        "precision_reason": precision_reason,
+        "params": counted.params, "macs": counted.macs,
+        "wall_s": round(run.wall_before + time.time() - run.started, 2), "world_size": dist_info.world_size,
+        "steps": run.step, "epochs": run.recipe.epochs, "recipe": json.loads(json.dumps(asdict(run.recipe))),
+        "model": spec.name, "resolution": spec.resolution, "data": config.data, "seed": config.seed,
+        "weights": str(run.out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
+        "command": config.command or " ".join(sys.argv), "precision": run.recipe.precision,
+        "precision_reason": run.precision_reason,
     }
     if dist_info.main:
         from ..weights import save_weights
 
         final_cpu = final.to("cpu", memory_format=torch.contiguous_format)
-        save_weights(final_cpu, out / "model.safetensors",
-                     extra_metadata={"classes": list(splits.train.classes), "data": config.data,
+        save_weights(final_cpu, run.out / "model.safetensors",
+                     extra_metadata={"classes": list(run.splits.train.classes), "data": config.data,
                                      "test_top1": last_eval["top1"]})
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if dist_info.world_size > 1:
         import torch.distributed as dist
 

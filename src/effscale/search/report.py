@@ -7,12 +7,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+def compound_margins(summary: list[dict]) -> list[dict]:
+    """Per target: compound's mean top-1 minus the best single-dimension strategy's."""
+    margins = []
+    for target in sorted({s["target"] for s in summary if s["strategy"] != "base"}):
+        at = {s["strategy"]: s for s in summary if s["target"] == target}
+        singles = [s for name, s in at.items() if name not in ("compound", "base")]
+        if "compound" not in at or not singles:
+            continue
+        best = max(singles, key=lambda s: s["top1_mean"])
+        margins.append({"target": target, "compound": at["compound"]["top1_mean"], "best_single": best["strategy"],
+                        "best_single_top1": best["top1_mean"],
+                        "margin": round(at["compound"]["top1_mean"] - best["top1_mean"], 3),
+                        "spread": max(at["compound"]["top1_std"], best["top1_std"])})
+    return margins
+
+
 STYLE = {"compound": ("C3", "o"), "depth": ("C0", "s"), "width": ("C2", "^"), "resolution": ("C1", "D"),
          "base": ("k", "*")}
 
 
 def _pyplot():
-    from .errors import require
+    from ..errors import require
 
     matplotlib = require("matplotlib", "lab")
 
@@ -62,8 +78,6 @@ def plot_accuracy(summary: list[dict], x_key: str, x_label: str, path: Path, tit
 
 
 def study_markdown(result: dict, plots: dict[str, str]) -> str:
-    from .search.study import compound_margins
-
     summary = result["summary"]
     budget = result["budget"]
     lines = [f"# Compound vs single-dimension scaling: {result['base']} on {result['data']}", "",
