@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effscale import EffscaleError, NetworkSpec, StageSpec, get_spec, list_models
 from effscale.cost import DTYPE_BYTES, MAC_KINDS, Cost, LayerCost, conv_output_size, cost
-from effscale.nn import build_model
+from effscale.nn import EfficientNet
 from effscale.spec import ACTIVATIONS, BLOCK_TYPES, PADDINGS
 
 ROOT = "EfficientNet"  # FlopCounterMode's name for the top module
@@ -23,7 +23,7 @@ ROOT = "EfficientNet"  # FlopCounterMode's name for the top module
 
 def meta_model(spec, **kwargs) -> nn.Module:
     with torch.device("meta"):
-        return build_model(spec, **kwargs).eval()
+        return EfficientNet(spec, **kwargs).eval()
 
 
 def trace(model: nn.Module, resolution: int, batch: int = 1):

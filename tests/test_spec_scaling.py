@@ -6,7 +6,7 @@ import pytest
 
 import effscale
 from effscale import Coefficients, EffscaleError, NetworkSpec, ScalingRule, StageSpec, compound, scale
-from effscale.nn import build_model
+from effscale.nn import EfficientNet
 from effscale.spec import EFFICIENTNET_B0, make_divisible
 from effscale.summary import describe
 
@@ -26,7 +26,7 @@ RESOLUTIONS = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2"
 
 
 def n_params(spec, **kw):
-    return sum(p.numel() for p in build_model(spec, **kw).parameters())
+    return sum(p.numel() for p in EfficientNet(spec, **kw).parameters())
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))

@@ -1,5 +1,5 @@
 """PyTorch modules built from specs."""
 from .inference import fold_batchnorm, prepare_for_inference
-from .network import EfficientNet, build_model
+from .network import EfficientNet
 
-__all__ = ["EfficientNet", "build_model", "fold_batchnorm", "prepare_for_inference"]
+__all__ = ["EfficientNet", "fold_batchnorm", "prepare_for_inference"]

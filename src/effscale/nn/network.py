@@ -117,8 +117,3 @@ class EfficientNet(nn.Module):
             bound = 1.0 / num_classes ** 0.5
             nn.init.uniform_(self.classifier.weight, -bound, bound)
             nn.init.zeros_(self.classifier.bias)
-
-
-def build_model(spec: NetworkSpec, num_classes: int = 1000, in_chans: int = 3,
-                features_only: bool = False) -> EfficientNet:
-    return EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
