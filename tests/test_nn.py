@@ -158,9 +158,11 @@ def test_backward_with_channels_last_bf16():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
-def test_torch_compile(name):
-    model = small_model(name)
+def test_torch_compile():
+    # One stage-deep B0 with TF 'same' padding: swish, squeeze-excite, both paddings' code paths
+    # (stride-1 symmetric, stride-2 same) and every block type's forward, at a tenth of the
+    # compile time of the full network (compile time grows with the number of blocks).
+    model = small_model(effscale.compound("efficientnet_b0", -4).replace(resolution=64), padding="same")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         reference = model(x)
@@ -175,21 +177,6 @@ def test_torch_export(name, padding):
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,padding", [("efficientnet_b0", "symmetric"), ("efficientnet_lite0", "same")])
-def test_onnx_export_runs_in_onnxruntime(name, padding, tmp_path):
-    pytest.importorskip("onnxscript")
-    ort = pytest.importorskip("onnxruntime")
-    model = small_model(name, padding=padding)
-    x = torch.randn(1, 3, 64, 64)
-    path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["logits"])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"image": x.numpy()})
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-3, atol=1e-4)
 
 
 def test_prepare_for_inference_options_keep_the_function():

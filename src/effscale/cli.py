@@ -88,7 +88,8 @@ def cmd_info(args) -> None:
 def cmd_predict(args) -> None:
     from .predict import predict_images
 
-    results = predict_images(args.images, weights=args.weights, model=args.model, top_k=args.top_k)
+    results = predict_images(args.images, weights=args.weights, model=args.model, top_k=args.top_k,
+                             runtime=args.runtime)
     if args.json:
         return _print_json(results)
     for result in results:
@@ -127,7 +128,7 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from .train import evaluate_weights
 
-    result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size)
+    result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size, runtime=args.runtime)
     if args.json:
         return _print_json(result)
     print(f"{result['weights']} on {result['data']}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} % "
@@ -137,6 +138,21 @@ def cmd_eval(args) -> None:
            ["class", "accuracy %"] + [str(i) for i in range(len(classes))],
            [[f"{i} {name}", f"{result['per_class'][name]:.1f}"] + row
             for i, (name, row) in enumerate(zip(classes, result["confusion"]))])
+
+
+def cmd_export(args) -> None:
+    from .export import export
+
+    manifest = export(args.source, args.out, format=args.format, model=args.model)
+    if args.json:
+        return _print_json(manifest)
+    parity = manifest["parity"]
+    agreement = "" if parity["top1_agreement"] is None else f", top-1 agreement {parity['top1_agreement']:.0%}"
+    print(f"{args.out}: {manifest['runtime_format']} ({manifest['model_file']}"
+          + (f", opset {manifest['opset']}" if "opset" in manifest else "") + f") of {manifest['source']}")
+    print(f"parity with PyTorch on {parity['runtime']['runtime']} {parity['runtime']['version']} "
+          f"({parity['runtime']['precision']}): max abs error {parity['max_abs']:.2e}, max relative "
+          f"{parity['max_rel']:.2e}{agreement}")
 
 
 def _command_line(args, *extra: str) -> str:
@@ -198,9 +214,12 @@ def cmd_demo(args) -> None:
     if args.json:
         return _print_json(result)
     rule, chosen = result["rule"], result["chosen"]
-    print(f"found alpha={rule['alpha']:g} beta={rule['beta']:g} gamma={rule['gamma']:.4g}; under "
+    verdict = "under" if chosen["fits"] else "picked for"
+    print(f"found alpha={rule['alpha']:g} beta={rule['beta']:g} gamma={rule['gamma']:.4g}; {verdict} "
           f"{result['latency_budget_ms']:g} ms: {chosen['name']} ({_human(chosen['macs'])} MACs, "
-          f"{chosen['remeasured_ms']:.2f} ms, top-1 {chosen['top1']:.2f} %)")
+          f"{chosen['remeasured_ms']:.2f} ms, top-1 {chosen['top1']:.2f} %)"
+          + ("" if chosen["fits"] else "; re-measured OVER the budget: latency moved on this machine "
+                                      "since the study measured it (see the report)"))
     print(f"weights: {result['weights']}\nreport:  {result['report']}")
 
 
@@ -315,8 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--model", help="model name; needed for checkpoints that do not carry their spec "
                                          "(timm, torchvision, lukemelas layouts)")
-    predict.add_argument("--weights", required=True, help="an effscale .safetensors file or a foreign checkpoint")
+    predict.add_argument("--weights", required=True, help="an effscale .safetensors file, an exported artifact "
+                                                           "directory or a foreign checkpoint")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--runtime", choices=["onnxruntime", "openvino", "torch"],
+                         help="for an exported artifact directory: the runtime to run it on (default: its own)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
 
@@ -349,11 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix")
-    evaluate.add_argument("weights", help="a run directory or an effscale .safetensors file")
+    evaluate.add_argument("weights", help="a run directory, an effscale .safetensors file or an exported artifact")
     evaluate.add_argument("--data", required=True, help="fashion-mnist, idx:DIR or folder:DIR (its test split)")
     evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--runtime", choices=["onnxruntime", "openvino", "torch"],
+                          help="for an exported artifact directory: the runtime to run it on (default: its own)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser("export", help="export to ONNX or OpenVINO IR with a manifest, parity-checked")
+    export.add_argument("source", help="an effscale .safetensors file, a run directory, a foreign checkpoint "
+                                       "(with --model), or a model name (random weights)")
+    export.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    export.add_argument("--out", required=True, help="the artifact directory to create (must not exist)")
+    export.add_argument("--model", help="model name for a foreign checkpoint (timm, torchvision, lukemelas)")
+    export.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    export.set_defaults(func=cmd_export)
 
     search = commands.add_parser("search", help="search alpha, beta, gamma on your base and data (Optuna)")
     search.add_argument("--model", required=True, help="base: effscale_lab, a model name, a spec file or a series "

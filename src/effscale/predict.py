@@ -44,8 +44,11 @@ def imagenet_labels() -> list[str]:
 
 
 def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | None = None,
-                       **overrides) -> nn.Module:
+                       runtime: str | None = None, **overrides) -> nn.Module:
     """An eval-mode model with `weights` loaded, ready for `predict_images`.
+
+    An exported artifact directory (`effscale export`) runs on `runtime` (onnxruntime, openvino or
+    torch; default: the artifact's own); everything else runs in torch.
 
     effscale safetensors: rebuilt from its metadata; `model`, if given, must have the same
     architecture. Foreign checkpoints: `model` (a name from `list_models()` or a NetworkSpec) is
@@ -54,9 +57,20 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
     told by a file name starting with tf_, or by `source="timm_tf"`). `overrides` replace spec
     fields and are kept over the checkpoint's (e.g. `resolution=256`, `bn_eps=1e-4`).
     """
+    from .export.manifest import is_artifact
     from .zoo import resolve_image_spec
     from .weights import _existing_file, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
+    if is_artifact(weights):
+        if model is not None or overrides:
+            raise EffscaleError(f"{str(weights)!r} is an exported artifact: its model is fixed; leave --model and "
+                                "spec overrides out")
+        from .export import load_exported
+
+        return load_exported(weights, runtime)
+    if runtime not in (None, "torch"):
+        raise EffscaleError(f"runtime {runtime!r} runs exported artifacts (`effscale export`); {str(weights)!r} is "
+                            "not one, so it runs in torch")
     _existing_file(weights)  # a missing file is that, not "a foreign checkpoint without a model name"
     if is_effscale_file(weights):
         if model is not None:
@@ -80,7 +94,7 @@ def load_for_inference(weights: str | os.PathLike, model: str | NetworkSpec | No
 
 
 def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSpec | None = None,
-                   top_k: int = 5, **overrides) -> list[dict]:
+                   top_k: int = 5, runtime: str | None = None, **overrides) -> list[dict]:
     """Top-k classes of each image: `[{"image": str, "top_k": [{"index", "label", "prob"}, ...]}]`.
 
     Preprocessing (resolution, crop, mean/std) is the loaded model's spec. Labels are ImageNet
@@ -95,7 +109,7 @@ def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSp
         raise EffscaleError("no images given")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise EffscaleError(f"top_k={top_k!r} must be an integer >= 1")
-    network = load_for_inference(weights, model, **overrides)
+    network = load_for_inference(weights, model, runtime, **overrides)
     num_classes = getattr(network, "num_classes", 0)
     if network.features_only or num_classes < 1:
         raise EffscaleError(f"{str(weights)!r} holds a model without a classifier; it cannot predict classes")
@@ -117,9 +131,14 @@ def predict_images(images, *, weights: str | os.PathLike, model: str | NetworkSp
 
 def _class_names(weights, num_classes: int) -> list[str]:
     """Class names a training run stored with the weights; else ImageNet's for 1000 classes."""
+    from .export.manifest import is_artifact, read_manifest
     from .weights import is_effscale_file, read_metadata
 
-    if is_effscale_file(weights):
+    if is_artifact(weights):
+        stored = read_manifest(weights).get("classes")
+        if isinstance(stored, list) and len(stored) == num_classes:
+            return [str(name) for name in stored]
+    elif is_effscale_file(weights):
         stored = read_metadata(weights)["extra"].get("classes")
         if isinstance(stored, list) and len(stored) == num_classes:
             return [str(name) for name in stored]

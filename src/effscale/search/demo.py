@@ -188,7 +188,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
         fits = remeasured <= budget_ms
     timings["plan"] = time.perf_counter() - step
     _say(f"      {spec.name}: {chosen['macs'] / 1e6:.2f} M MACs, {chosen['latency_ms']:.2f} ms "
-         f"(re-measured {remeasured:.2f} ms; budget {budget_ms:g} ms), top-1 {chosen['top1']:.2f} %")
+         f"(re-measured {remeasured:.2f} ms; budget {budget_ms:g} ms{'' if fits else ': OVER it now'}), "
+         f"top-1 {chosen['top1']:.2f} %")
 
     _say("[4/4] weights and report")
     weights = Path(chosen["weights"])

@@ -184,8 +184,8 @@ def run_study(config: StudyConfig) -> dict:
     _check_resume(out / "study_config.json", fingerprint)
     rows = _Rows(out / "results.jsonl")
     jobs = [(run, seed) for run in runs for seed in range(config.seeds)]
-    with ProgressBar(config.progress, label="search") as bar:
-        progress = bar.task("search", total=len(jobs))
+    with ProgressBar(config.progress, label="study") as bar:
+        progress = bar.task("study", total=len(jobs))
         for done, (run, seed) in enumerate(jobs):
             progress.update(done)
             if rows.has(run["strategy"], run["target"], seed):

@@ -53,12 +53,26 @@ def evaluate(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 256, 
             "confusion": confusion.tolist(), "classes": list(dataset.classes)}
 
 
-def evaluate_weights(weights: str | os.PathLike, data: str, *, batch_size: int = 256) -> dict:
-    """`effscale eval`: a run directory (its model.safetensors) or an effscale weights file, on the
-    test split of `data`."""
+def evaluate_weights(weights: str | os.PathLike, data: str, *, batch_size: int = 256,
+                     runtime: str | None = None) -> dict:
+    """`effscale eval`: a run directory (its model.safetensors), an effscale weights file or an
+    exported artifact (on `runtime`: onnxruntime, openvino or torch; default its own), on the test
+    split of `data`."""
+    from ..export.manifest import is_artifact
     from ..weights import model_from_file
 
     path = Path(weights)
+    if is_artifact(path):
+        from ..export import load_exported
+
+        model = load_exported(path, runtime)
+        splits = load_data(data)
+        result = evaluate(model, splits.test, batch_size=batch_size, channels_last=False)
+        result.update({"weights": str(path), "data": data, "runtime": model.runtime})
+        return result
+    if runtime not in (None, "torch"):
+        raise EffscaleError(f"runtime {runtime!r} runs exported artifacts (`effscale export`); {str(weights)!r} "
+                            "is not one")
     if path.is_dir():
         path = path / "model.safetensors"
         if not path.is_file():

@@ -1,0 +1,106 @@
+"""Running an exported artifact: ONNX Runtime, OpenVINO, or the torch model kept beside them.
+
+Each runner takes a float32 NCHW numpy batch (already preprocessed) and returns the outputs as a
+list of numpy arrays (logits, or one feature map per level for a features_only model).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EffscaleError
+
+RUNTIMES = ("onnxruntime", "openvino", "torch")
+# The runtime an artifact runs with unless told otherwise.
+DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+# What each runtime can load besides torch (which loads model.safetensors from any artifact).
+LOADS = {"onnxruntime": ("onnx",), "openvino": ("onnx", "openvino")}
+EXTRA_HINT = 'pip install -c constraints.txt -e ".[export]"'
+
+
+def require_module(name: str, purpose: str):
+    """Import an optional dependency of the `export` extra, or a one-line error naming the install."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise EffscaleError(f"{purpose} needs {name}, which is not installed ({error}); install the export extra: "
+                            f"{EXTRA_HINT}") from None
+
+
+def check_runtime(runtime: str, runtime_format: str) -> str:
+    if runtime not in RUNTIMES:
+        raise EffscaleError(f"runtime {runtime!r} is unknown; allowed: {', '.join(RUNTIMES)}")
+    if runtime != "torch" and runtime_format not in LOADS[runtime]:
+        raise EffscaleError(f"runtime {runtime!r} cannot load a {runtime_format} artifact; use "
+                            f"{DEFAULT_RUNTIME[runtime_format]} or torch")
+    return runtime
+
+
+def open_runner(directory: Path, manifest: dict, runtime: str):
+    """(run(batch) -> list of arrays, what ran: {"runtime", "version", "precision"})."""
+    directory = Path(directory)
+    check_runtime(runtime, manifest["runtime_format"])
+    if runtime == "onnxruntime":
+        return _onnxruntime(directory / manifest["model_file"], [o["name"] for o in manifest["outputs"]])
+    if runtime == "openvino":
+        return _openvino(directory / manifest["model_file"])
+    return _torch(directory / "model.safetensors")
+
+
+def _onnxruntime(path: Path, output_names: list[str]):
+    ort = require_module("onnxruntime", "running an ONNX artifact")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        return list(session.run(output_names, {input_name: np.ascontiguousarray(batch, dtype=np.float32)}))
+
+    return run, {"runtime": "onnxruntime", "version": ort.__version__, "precision": "fp32"}
+
+
+def _openvino(path: Path):
+    ov = require_module("openvino", "running an OpenVINO artifact")
+    core = ov.Core()
+    # OpenVINO runs CPUs with native bf16 in bf16 unless told otherwise: an fp32 artifact runs in fp32,
+    # and the precision that actually ran is read back, not assumed.
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ran = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.array(result[output]) for output in compiled.outputs]
+
+    return run, {"runtime": "openvino", "version": ov.__version__, "precision": ran}
+
+
+def _precision_name(value) -> str:
+    """OpenVINO's element type (`<Type: 'float32'>`, 'f32', 'bf16', ...) as fp32 / bf16 / fp16 / its own name."""
+    text = str(getattr(value, "get_type_name", lambda: value)()).lower()
+    for names, ours in ((("f32", "float32"), "fp32"), (("bf16", "bfloat16"), "bf16"), (("f16", "float16"), "fp16")):
+        if any(text == name or f"'{name}'" in text for name in names):
+            return ours
+    return text
+
+
+def _torch(path: Path):
+    import torch
+
+    from ..weights import model_from_file
+
+    model = model_from_file(path).eval()
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return [t.numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+
+    return run, {"runtime": "torch", "version": torch.__version__, "precision": "fp32"}
+
+
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "check_runtime", "open_runner", "require_module"]
