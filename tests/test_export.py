@@ -108,7 +108,7 @@ def test_a_failed_parity_check_is_an_error_and_writes_nothing(tmp_path, monkeypa
         return (lambda batch: [out + 0.05 * np.abs(out).max() for out in run(batch)]), ran
 
     monkeypatch.setattr(artifact_module, "open_runner", drifting)
-    with pytest.raises(ParityError, match=r"does not match the PyTorch model: max relative error 5\.0\de-02 > 1e-03"):
+    with pytest.raises(ParityError, match=r"does not match the PyTorch model: max relative error 5\.0\de-02 > 1\.00e-03"):
         export(weights, tmp_path / "bad")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.safetensors"]  # no artifact, no partial directory
 

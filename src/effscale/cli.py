@@ -155,6 +155,27 @@ def cmd_export(args) -> None:
           f"{parity['max_rel']:.2e}{agreement}")
 
 
+def cmd_quantize(args) -> None:
+    from .export.quantize import quantize
+
+    manifest = quantize(args.source, args.out, calib=args.calib, samples=args.samples, analyze=args.analyze,
+                        max_drop=args.max_drop, model=args.model)
+    if args.json:
+        return _print_json(manifest)
+    q = manifest["quantization"]
+    accuracy = q["accuracy"]
+    print(f"{args.out}: INT8 ONNX ({q['weights']} weights, {q['activations']} activations, "
+          f"{q['calibration']}{', 7-bit weights: no VNNI on this CPU' if q['reduce_range'] else ''})")
+    print(f"held-out top-1 on {accuracy['samples']} images: fp32 {accuracy['fp32_top1']:.2f} %, INT8 "
+          f"{accuracy['int8_top1']:.2f} % (drop {accuracy['drop']:.2f} points); top-1 agreement "
+          f"{accuracy['top1_agreement']:.1%}, logits SQNR {accuracy['logits_sqnr_db']:.1f} dB")
+    if q["float_nodes"]:
+        print(f"kept in float for max-drop {q['max_drop']:g}: {', '.join(q['float_nodes'])}")
+    if q["sqnr_db"]:
+        _table("SQNR of each quantized tensor against float, worst first (dB)", ["tensor", "node", "SQNR dB"],
+               [[row["tensor"], row["node"] or "", f"{row['sqnr_db']:.1f}"] for row in q["sqnr_db"]])
+
+
 def _command_line(args, *extra: str) -> str:
     """The command as typed (the argv given to `main`), with `extra` arguments appended."""
     import shlex
@@ -387,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="model name for a foreign checkpoint (timm, torchvision, lukemelas)")
     export.add_argument("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(func=cmd_export)
+
+    quantize = commands.add_parser("quantize", help="post-training INT8 (ONNX QDQ), calibrated on your data, "
+                                                    "with the accuracy it costs")
+    quantize.add_argument("source", help="an effscale .safetensors file or a run directory (as for export)")
+    quantize.add_argument("--out", required=True, help="the INT8 artifact directory to create (must not exist)")
+    quantize.add_argument("--calib", help="calibration and held-out data: fashion-mnist, idx:DIR or folder:DIR "
+                                          "(default: the data the weights were trained on)")
+    quantize.add_argument("--samples", type=int, default=300, help="calibration images (default 300)")
+    quantize.add_argument("--analyze", action="store_true", help="SQNR of every quantized tensor, worst first")
+    quantize.add_argument("--max-drop", type=float, help="keep the worst layers in float until the held-out top-1 "
+                                                         "drop is at most this many points")
+    quantize.add_argument("--model", help="model name for a foreign checkpoint")
+    quantize.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    quantize.set_defaults(func=cmd_quantize)
 
     search = commands.add_parser("search", help="search alpha, beta, gamma on your base and data (Optuna)")
     search.add_argument("--model", required=True, help="base: effscale_lab, a model name, a spec file or a series "

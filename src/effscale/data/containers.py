@@ -89,3 +89,13 @@ class DataSplits:
     @property
     def in_chans(self) -> int:
         return self.train.in_chans
+
+
+def require_matching_data(model, dataset: ImageDataset) -> None:
+    """The model's classes and input channels are the dataset's, or an EffscaleError naming both."""
+    if model.num_classes != dataset.num_classes:
+        raise EffscaleError(f"the model predicts {model.num_classes} classes but {dataset.name} has "
+                            f"{dataset.num_classes}; use data with the model's classes")
+    if model.in_chans != dataset.in_chans:
+        raise EffscaleError(f"the model takes {model.in_chans} input channels but {dataset.name} has "
+                            f"{dataset.in_chans}")

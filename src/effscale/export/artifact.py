@@ -29,6 +29,7 @@ from .runtimes import DEFAULT_RUNTIME, check_runtime, open_runner, require_modul
 
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 INPUT_NAME = "image"
+ONNX_INLINE_LIMIT = 1_500_000_000  # bytes of weights kept inside model.onnx (protobuf's limit is 2 GB)
 
 
 def export(source, out: str | os.PathLike, *, format: str = "onnx", model=None,
@@ -54,6 +55,7 @@ def export(source, out: str | os.PathLike, *, format: str = "onnx", model=None,
     x = example_batch(network.in_chans, network.spec.resolution)
     with torch.inference_mode():
         reference = _as_list(network(torch.from_numpy(x)))
+    float64 = _float64_reference(network, x)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -64,7 +66,7 @@ def export(source, out: str | os.PathLike, *, format: str = "onnx", model=None,
         save_weights(network, partial / "model.safetensors", extra_metadata={"classes": classes} if classes else None)
         manifest = _manifest(format, network, described, classes, extra)
         run, ran = open_runner(partial, {**manifest, "model_file": MODEL_FILES[format]}, DEFAULT_RUNTIME[format])
-        parity = compare(reference, run(x), classifier=_is_classifier(network), tolerance=tolerance)
+        parity = compare(reference, run(x), classifier=_is_classifier(network), tolerance=tolerance, float64=float64)
         manifest["parity"] = {**parity, "runtime": ran}
         require_parity(parity, f"the {format} export of {network.spec.name}")
         write_manifest(partial, manifest)
@@ -183,6 +185,17 @@ def _permissions_as_umask(directory: Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
+def _float64_reference(network: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    """The same model and batch in fp64: how far PyTorch's own fp32 result is from exact."""
+    import copy
+
+    double = copy.deepcopy(network).double()
+    with torch.inference_mode():
+        outputs = _as_list(double(torch.from_numpy(x).double()))
+    del double
+    return outputs
+
+
 def _output_names(network) -> list[str]:
     if network.features_only:
         return [f"features_{info['reduction']}" for info in network.feature_info]
@@ -204,8 +217,12 @@ def _write_model(format: str, network: nn.Module, x: torch.Tensor, path: Path, o
         if format == "onnx":
             import onnx
 
-            torch.onnx.export(network, (x,), str(path), dynamo=True, external_data=False, input_names=[INPUT_NAME],
-                              output_names=outputs, dynamic_shapes=({0: batch},), verbose=False)
+            # One self-contained file, except past protobuf's 2 GB limit (EfficientNet-L2): then the
+            # weights go to model.onnx.data beside it, which onnxruntime finds on its own.
+            external = sum(p.numel() * p.element_size() for p in network.parameters()) > ONNX_INLINE_LIMIT
+            torch.onnx.export(network, (x,), str(path), dynamo=True, external_data=external,
+                              input_names=[INPUT_NAME], output_names=outputs, dynamic_shapes=({0: batch},),
+                              verbose=False)
             opset = next(entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import
                          if entry.domain in ("", "ai.onnx"))
             return {"opset": int(opset)}

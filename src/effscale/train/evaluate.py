@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..data import BatchTransform, ImageDataset, iterate_batches, load_data
+from ..data.containers import require_matching_data
 from ..errors import EffscaleError
 
 
@@ -21,12 +22,7 @@ def evaluate(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 256, 
     """
     spec = model.spec
     num_classes = model.num_classes
-    if num_classes != dataset.num_classes:
-        raise EffscaleError(f"the model predicts {num_classes} classes but {dataset.name} has "
-                            f"{dataset.num_classes}; evaluate on data with the same classes")
-    if model.in_chans != dataset.in_chans:
-        raise EffscaleError(f"the model takes {model.in_chans} input channels but {dataset.name} has "
-                            f"{dataset.in_chans}")
+    require_matching_data(model, dataset)
     transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=False, in_chans=dataset.in_chans)
     was_training = model.training
     model.eval()

@@ -1,0 +1,235 @@
+"""Post-training static INT8 through ONNX Runtime's QDQ quantizer, calibrated on the user's data,
+with the accuracy it costs measured on held-out data, per-layer SQNR, and layers kept in float
+until a top-1 budget holds.
+
+Settings, and why: QDQ format (onnxruntime and OpenVINO both read it); weights INT8 symmetric
+per output channel (a depthwise conv's channels differ by orders of magnitude: one scale per
+tensor would flatten the small ones to zero); activations UINT8 asymmetric per tensor (swish and
+the SE gate's sigmoid are one-sided: an asymmetric range spends no code on negatives that do not
+occur); min-max calibration on `samples` training images. Without VNNI (AVX512-VNNI / AVX-VNNI)
+x86 INT8 kernels can saturate in their 16-bit intermediate sums, so there weights use 7 bits
+(`reduce_range`), as ONNX Runtime advises for such CPUs; the choice is recorded.
+
+Accuracy is measured, not assumed: fp32 and INT8 top-1 on the data's held-out split (the same
+images for both), top-1 agreement and the logits' SQNR (10 log10(|fp32|^2 / |fp32 - int8|^2),
+dB). `analyze=True` adds every quantized tensor's SQNR against its float counterpart
+(`onnxruntime.quantization.qdq_loss_debug`), sorted worst first. `max_drop` (points of top-1)
+keeps the worst layers (by that ranking) in float, a few at a time, until the measured drop is
+within it, and reports which stayed float; if even the fully float model misses it, it raises.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import EffscaleError
+from .artifact import _check_out, _load_source, _permissions_as_umask, export
+from .manifest import read_manifest, write_manifest
+from .runtimes import require_module
+
+CALIBRATION_SAMPLES = 300
+EVAL_SAMPLES = 2000
+ANALYZE_SAMPLES = 32
+MAX_ROUNDS = 8
+
+
+def has_vnni() -> bool:
+    """True where the CPU has VNNI (the INT8 dot-product instructions that do not saturate)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def quantize(source, out: str | os.PathLike, *, calib: str | None = None, samples: int = CALIBRATION_SAMPLES,
+             eval_samples: int = EVAL_SAMPLES, analyze: bool = False, max_drop: float | None = None,
+             model=None) -> dict:
+    """Quantize `source` (what `export` takes: weights file, run directory, ...) to an INT8 ONNX
+    artifact in `out`; returns its manifest, whose "quantization" entry holds the settings, the
+    measured accuracy and, with `analyze`, the per-layer SQNR."""
+    for name, value, low in (("samples", samples, 1), ("eval_samples", eval_samples, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise EffscaleError(f"{name}={value!r} must be an integer >= {low}")
+    if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
+        raise EffscaleError(f"max_drop={max_drop!r} must be a number of top-1 points >= 0")
+    out = _check_out(out)
+    quantization = require_module("onnxruntime.quantization", "INT8 quantization")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        network, described, classes = _load_source(source, model)
+        data = calib or _recorded_data(source)
+        calibration, held_out, labels = _data(data, network, samples, eval_samples)  # checked before exporting
+        float_dir = work / "fp32"
+        manifest = export(network, float_dir, format="onnx")
+        manifest.update(source=described, classes=classes)
+        prepared = work / "prepared.onnx"
+        quantization.quant_pre_process(str(float_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+        settings = {"format": "QDQ", "weights": "int8 symmetric per channel", "activations": "uint8 asymmetric "
+                    "per tensor", "calibration": f"min-max on {sum(map(len, calibration))} images of {data}",
+                    "reduce_range": not has_vnni()}
+        ranking = _sqnr_by_tensor(prepared, work, calibration, settings) if analyze or max_drop is not None else None
+        excluded: list[str] = []
+        for _ in range(MAX_ROUNDS + 1):
+            quantized = work / "model.onnx"
+            _quantize(quantization, prepared, quantized, calibration, settings, excluded)
+            accuracy = _accuracy(float_dir / "model.onnx", quantized, held_out, labels)
+            if max_drop is None or accuracy["drop"] <= max_drop:
+                break
+            worse = [r["node"] for r in ranking if r["node"] and r["node"] not in excluded]
+            if not worse:
+                raise EffscaleError(f"INT8 loses {accuracy['drop']:.2f} top-1 points even with every ranked layer in "
+                                    f"float; max_drop={max_drop:g} cannot be met; nothing was written")
+            excluded += worse[:max(1, len(worse) // 8)]
+        else:
+            raise EffscaleError(f"INT8 still loses {accuracy['drop']:.2f} top-1 points with {len(excluded)} layers in "
+                                f"float after {MAX_ROUNDS} rounds; max_drop={max_drop:g} not met; nothing was written")
+        artifact = work / "int8"
+        artifact.mkdir()
+        shutil.copy2(quantized, artifact / "model.onnx")
+        shutil.copy2(float_dir / "model.safetensors", artifact / "model.safetensors")
+        manifest.update(precision="int8", source=f"{manifest['source']}, quantized")
+        manifest["quantization"] = {**settings, "accuracy": accuracy, "float_nodes": excluded,
+                                    "max_drop": max_drop, "sqnr_db": ranking if analyze else None}
+        for key in ("format", "version"):
+            manifest.pop(key, None)
+        write_manifest(artifact, manifest)
+        _permissions_as_umask(artifact)
+        if out.exists():
+            out.rmdir()
+        os.replace(artifact, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return read_manifest(out)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def _recorded_data(source) -> str:
+    from ..weights import is_effscale_file, read_metadata
+
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is not None and path.is_dir():
+        path = path / "model.safetensors"
+    data = read_metadata(path)["extra"].get("data") if path is not None and is_effscale_file(path) else None
+    if not isinstance(data, str):
+        raise EffscaleError("these weights do not record the data they were trained on; give the calibration data "
+                            "(--calib fashion-mnist, idx:DIR or folder:DIR)")
+    return data
+
+
+def _data(spec: str, model, samples: int, eval_samples: int):
+    """(calibration batches, held-out batches, held-out labels): preprocessed as the model's spec says."""
+    from ..data import BatchTransform, load_data
+
+    if model.features_only or model.num_classes < 1:
+        raise EffscaleError("quantize measures top-1 on held-out data: it needs a classifier, not a features_only "
+                            "model")
+    from ..data.containers import require_matching_data
+
+    network = model.spec
+    splits = load_data(spec)
+    require_matching_data(model, splits.test)
+    transform = BatchTransform(network.resolution, network.mean, network.std, train=False, in_chans=splits.in_chans)
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:samples]
+    calibration = _batches(transform(splits.train.images[order]).numpy())
+    count = min(eval_samples, len(splits.test))
+    held_out = _batches(transform(splits.test.images[:count]).numpy())
+    return calibration, held_out, splits.test.labels[:count].numpy()
+
+
+def _batches(images: np.ndarray, size: int = 32) -> list[np.ndarray]:
+    return [np.ascontiguousarray(images[i:i + size], dtype=np.float32) for i in range(0, len(images), size)]
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over our batches (get_next for the quantizer, iteration
+    for qdq_loss_debug)."""
+
+    def __init__(self, name: str, batches: list[np.ndarray]):
+        self.items = iter([{name: batch} for batch in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def __iter__(self):
+        return self.items
+
+
+# -- quantizing and measuring -------------------------------------------------------------------------
+def _quantize(quantization, prepared: Path, output: Path, calibration, settings: dict, excluded: list[str]) -> None:
+    quantization.quantize_static(
+        str(prepared), str(output), _Reader(_input_name(prepared), calibration),
+        quant_format=quantization.QuantFormat.QDQ, per_channel=True, reduce_range=settings["reduce_range"],
+        activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+        nodes_to_exclude=list(excluded), calibrate_method=quantization.CalibrationMethod.MinMax,
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _logits(path: Path, batches) -> np.ndarray:
+    session = _session(path)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: batch})[0] for batch in batches])
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - other) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _accuracy(float_model: Path, quantized: Path, batches, labels: np.ndarray) -> dict:
+    reference, int8 = _logits(float_model, batches), _logits(quantized, batches)
+    fp32_top1 = 100.0 * float((reference.argmax(1) == labels).mean())
+    int8_top1 = 100.0 * float((int8.argmax(1) == labels).mean())
+    return {"samples": int(len(labels)), "fp32_top1": round(fp32_top1, 2), "int8_top1": round(int8_top1, 2),
+            "drop": round(fp32_top1 - int8_top1, 2),
+            "top1_agreement": round(float((reference.argmax(1) == int8.argmax(1)).mean()), 4),
+            "logits_sqnr_db": round(sqnr_db(reference, int8), 2)}
+
+
+def _sqnr_by_tensor(prepared: Path, work: Path, calibration, settings: dict) -> list[dict]:
+    """Every quantized activation's SQNR (dB) against the float model's, worst first, with the node
+    that produces it (what `max_drop` keeps in float)."""
+    import onnx
+    from onnxruntime import quantization
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    batches = calibration[:max(1, ANALYZE_SAMPLES // 32)]
+    name = _input_name(prepared)
+    plain = work / "analyze_int8.onnx"
+    _quantize(quantization, prepared, plain, calibration, settings, [])
+    augmented_float, augmented_int8 = work / "analyze_float_aug.onnx", work / "analyze_int8_aug.onnx"
+    debug.modify_model_output_intermediate_tensors(str(prepared), str(augmented_float))
+    debug.modify_model_output_intermediate_tensors(str(plain), str(augmented_int8))
+    float_acts = debug.collect_activations(str(augmented_float), _Reader(name, batches))
+    int8_acts = debug.collect_activations(str(augmented_int8), _Reader(name, batches))
+    matched = debug.create_activation_matching(int8_acts, float_acts)
+    errors = debug.compute_activation_error(matched)
+    producers = {output: node.name for node in onnx.load(str(prepared)).graph.node for output in node.output}
+    rows = [{"tensor": tensor, "node": producers.get(tensor), "sqnr_db": round(float(values["xmodel_err"]), 2)}
+            for tensor, values in errors.items() if "xmodel_err" in values and math.isfinite(values["xmodel_err"])]
+    return sorted(rows, key=lambda row: row["sqnr_db"])
+
+
+__all__ = ["has_vnni", "quantize", "sqnr_db"]

@@ -1,0 +1,110 @@
+"""INT8 post-training quantization: a trained toy model keeps its accuracy, the held-out figures
+are measured on both models, per-tensor SQNR ranks the layers, max-drop keeps layers in float."""
+import json
+
+import numpy as np
+import pytest
+
+from effscale import EffscaleError
+from effscale.cli import main
+from effscale.export import load_exported
+from effscale.export.quantize import quantize, sqnr_db
+from effscale.train import train
+from test_train import config, toy  # noqa: F401  (the toy fixture: a learnable 4-class IDX set and spec)
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("run") / "run"
+    summary = train(config(toy, out, epochs=8, lr=0.01))
+    assert summary["test_top1"] > 50  # chance is 25 %: quantization has something to keep
+    return out
+
+
+def test_int8_keeps_the_trained_accuracy_and_says_what_it_measured(trained, tmp_path):
+    manifest = quantize(trained, tmp_path / "int8", samples=64)  # calibration data: what the run trained on
+    q = manifest["quantization"]
+    assert manifest["precision"] == "int8" and q["calibration"].startswith("min-max on 64 images of idx:")
+    accuracy = q["accuracy"]
+    assert accuracy["samples"] == 64 and accuracy["fp32_top1"] > 50
+    assert accuracy["drop"] <= 5 and accuracy["top1_agreement"] >= 0.95 and accuracy["logits_sqnr_db"] > 15
+    # the artifact is INT8 (QDQ nodes in the graph) and runs through the same loader as any export
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    model = load_exported(tmp_path / "int8")
+    assert model.manifest["quantization"]["float_nodes"] == [] and model.num_classes == 4
+
+
+def test_analyze_ranks_tensors_and_max_drop_keeps_the_worst_in_float(trained, tmp_path):
+    manifest = quantize(trained, tmp_path / "mixed", samples=32, analyze=True, max_drop=0.0)
+    q = manifest["quantization"]
+    ranking = q["sqnr_db"]
+    assert len(ranking) >= 10 and [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
+    assert all(r["node"] for r in ranking[:3])  # each ranked tensor names the node that makes it
+    assert q["accuracy"]["drop"] <= 0.0
+    ranked_nodes = [r["node"] for r in ranking]
+    # whatever stayed in float came from the worst of the ranking, in its order
+    assert q["float_nodes"] == [n for n in ranked_nodes if n in q["float_nodes"]][:len(q["float_nodes"])]
+
+
+def test_bad_calibration_is_refused_before_quantizing(trained, tmp_path):
+    with pytest.raises(EffscaleError, match="the model predicts 4 classes but fashion-mnist.* has 10; use data with the model's classes"):
+        quantize(trained, tmp_path / "x", calib="fashion-mnist")
+    with pytest.raises(EffscaleError, match="samples=0 must be an integer >= 1"):
+        quantize(trained, tmp_path / "y", samples=0)
+    with pytest.raises(EffscaleError, match="max_drop=-1 must be a number of top-1 points >= 0"):
+        quantize(trained, tmp_path / "z", max_drop=-1)
+    assert not any(p.name.startswith((".x", ".y", ".z", "x", "y", "z")) for p in tmp_path.iterdir())
+
+
+def test_sqnr_is_the_signal_to_noise_ratio_in_db():
+    signal = np.array([3.0, 4.0])  # energy 25
+    assert sqnr_db(signal, signal) == float("inf")
+    assert sqnr_db(signal, signal + np.array([0.5, 0.0])) == pytest.approx(10 * np.log10(25 / 0.25))
+
+
+def test_cli_quantize_prints_the_accuracy(trained, tmp_path, capsys):
+    assert main(["quantize", str(trained), "--out", str(tmp_path / "q"), "--samples", "32", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["quantization"]["accuracy"]["samples"] == 64
+    data = manifest["quantization"]["calibration"].split(" of ")[1]  # the run's own data, recorded
+    assert main(["eval", str(tmp_path / "q"), "--data", data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top1"] == pytest.approx(manifest["quantization"]["accuracy"]["int8_top1"], abs=0.01)
+
+
+def test_max_drop_moves_the_worst_ranked_layers_to_float_until_the_budget_holds(trained, tmp_path, monkeypatch):
+    from effscale.export import quantize as module
+
+    # The measured drop is replaced by a schedule (2 points, then 1, then 0) to drive the loop; the
+    # ranking, the quantizer and the artifact are real.
+    schedule, excluded_per_round = iter([2.0, 1.0, 0.0]), []
+    real_quantize, real_accuracy = module._quantize, module._accuracy
+
+    def quantize_recording(quantization, prepared, output, calibration, settings, excluded):
+        excluded_per_round.append(list(excluded))
+        return real_quantize(quantization, prepared, output, calibration, settings, excluded)
+
+    def scheduled(*args):
+        return {**real_accuracy(*args), "drop": next(schedule)}
+
+    monkeypatch.setattr(module, "_quantize", quantize_recording)
+    monkeypatch.setattr(module, "_accuracy", scheduled)
+    manifest = quantize(trained, tmp_path / "mixed", samples=32, max_drop=0.5)
+    q = manifest["quantization"]
+    rounds = excluded_per_round[1:]  # the first call is the analysis's plain INT8 model
+    assert len(rounds) == 3 and rounds[0] == [] and 0 < len(rounds[1]) < len(rounds[2])
+    assert q["float_nodes"] == rounds[2] and q["accuracy"]["drop"] == 0.0
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph
+    quantized_inputs = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    floats = [n for n in graph.node if n.name in q["float_nodes"]]
+    assert len(floats) == len(q["float_nodes"])  # the listed nodes are in the artifact, by name
+    for node in (n for n in floats if n.op_type in ("Conv", "Gemm")):
+        assert node.input[1] not in quantized_inputs  # a float conv keeps float weights
