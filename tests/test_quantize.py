@@ -24,8 +24,10 @@ def trained(toy, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_int8_keeps_the_trained_accuracy_and_says_what_it_measured(trained, tmp_path):
-    manifest = quantize(trained, tmp_path / "int8", samples=64)  # calibration data: what the run trained on
+def test_int8_keeps_the_trained_accuracy_and_says_what_it_measured(trained, tmp_path, capsys):
+    # through the command line: calibration data defaults to what the run trained on
+    assert main(["quantize", str(trained), "--out", str(tmp_path / "int8"), "--samples", "64", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
     q = manifest["quantization"]
     assert manifest["precision"] == "int8" and q["calibration"].startswith("min-max on 64 images of idx:")
     accuracy = q["accuracy"]
@@ -38,18 +40,10 @@ def test_int8_keeps_the_trained_accuracy_and_says_what_it_measured(trained, tmp_
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     model = load_exported(tmp_path / "int8")
     assert model.manifest["quantization"]["float_nodes"] == [] and model.num_classes == 4
-
-
-def test_analyze_ranks_tensors_and_max_drop_keeps_the_worst_in_float(trained, tmp_path):
-    manifest = quantize(trained, tmp_path / "mixed", samples=32, analyze=True, max_drop=0.0)
-    q = manifest["quantization"]
-    ranking = q["sqnr_db"]
-    assert len(ranking) >= 10 and [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
-    assert all(r["node"] for r in ranking[:3])  # each ranked tensor names the node that makes it
-    assert q["accuracy"]["drop"] <= 0.0
-    ranked_nodes = [r["node"] for r in ranking]
-    # whatever stayed in float came from the worst of the ranking, in its order
-    assert q["float_nodes"] == [n for n in ranked_nodes if n in q["float_nodes"]][:len(q["float_nodes"])]
+    data = q["calibration"].split(" of ")[1]  # the run's own data, recorded
+    assert main(["eval", str(tmp_path / "int8"), "--data", data, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top1"] == pytest.approx(accuracy["int8_top1"], abs=0.01)  # eval runs the INT8 model
 
 
 def test_bad_calibration_is_refused_before_quantizing(trained, tmp_path):
@@ -66,16 +60,6 @@ def test_sqnr_is_the_signal_to_noise_ratio_in_db():
     signal = np.array([3.0, 4.0])  # energy 25
     assert sqnr_db(signal, signal) == float("inf")
     assert sqnr_db(signal, signal + np.array([0.5, 0.0])) == pytest.approx(10 * np.log10(25 / 0.25))
-
-
-def test_cli_quantize_prints_the_accuracy(trained, tmp_path, capsys):
-    assert main(["quantize", str(trained), "--out", str(tmp_path / "q"), "--samples", "32", "--json"]) == 0
-    manifest = json.loads(capsys.readouterr().out)
-    assert manifest["quantization"]["accuracy"]["samples"] == 64
-    data = manifest["quantization"]["calibration"].split(" of ")[1]  # the run's own data, recorded
-    assert main(["eval", str(tmp_path / "q"), "--data", data, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["top1"] == pytest.approx(manifest["quantization"]["accuracy"]["int8_top1"], abs=0.01)
 
 
 def test_max_drop_moves_the_worst_ranked_layers_to_float_until_the_budget_holds(trained, tmp_path, monkeypatch):
@@ -95,11 +79,16 @@ def test_max_drop_moves_the_worst_ranked_layers_to_float_until_the_budget_holds(
 
     monkeypatch.setattr(module, "_quantize", quantize_recording)
     monkeypatch.setattr(module, "_accuracy", scheduled)
-    manifest = quantize(trained, tmp_path / "mixed", samples=32, max_drop=0.5)
+    manifest = quantize(trained, tmp_path / "mixed", samples=32, max_drop=0.5, analyze=True)
     q = manifest["quantization"]
+    ranking = q["sqnr_db"]  # every quantized tensor, worst first, with the node that makes it
+    assert len(ranking) >= 10 and [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
+    assert all(r["node"] for r in ranking[:3])
     rounds = excluded_per_round[1:]  # the first call is the analysis's plain INT8 model
     assert len(rounds) == 3 and rounds[0] == [] and 0 < len(rounds[1]) < len(rounds[2])
     assert q["float_nodes"] == rounds[2] and q["accuracy"]["drop"] == 0.0
+    ranked = [r["node"] for r in ranking if r["node"]]
+    assert q["float_nodes"] == list(dict.fromkeys(ranked))[:len(q["float_nodes"])]  # the worst, in order
     import onnx
 
     graph = onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph
