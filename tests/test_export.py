@@ -62,6 +62,9 @@ def test_onnx_artifact_describes_itself_and_runs_the_same_on_every_runtime(tmp_p
         _close(out, reference)
     with pytest.raises(EffscaleError, match="runtime 'tensorrt' is unknown; allowed: onnxruntime, openvino, torch"):
         load_exported(tmp_path / "onnx", "tensorrt")
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"not a graph")  # a damaged file: one line, no traceback
+    with pytest.raises(EffscaleError, match="onnxruntime cannot load .*model.onnx.*; export it again"):
+        load_exported(tmp_path / "onnx")
 
 
 @pytest.mark.parametrize("case", ["lite_same_grey", "features_only", "random"])

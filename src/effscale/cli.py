@@ -9,6 +9,8 @@ import json
 import sys
 
 from .errors import EffscaleError, check_writable_file, is_out_of_memory
+from .export.manifest import FORMATS
+from .export.runtimes import RUNTIMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -358,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", required=True, help="an effscale .safetensors file, an exported artifact "
                                                            "directory or a foreign checkpoint")
     predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--runtime", choices=["onnxruntime", "openvino", "torch"],
+    predict.add_argument("--runtime", choices=RUNTIMES,
                          help="for an exported artifact directory: the runtime to run it on (default: its own)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
@@ -395,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("weights", help="a run directory, an effscale .safetensors file or an exported artifact")
     evaluate.add_argument("--data", required=True, help="fashion-mnist, idx:DIR or folder:DIR (its test split)")
     evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--runtime", choices=["onnxruntime", "openvino", "torch"],
+    evaluate.add_argument("--runtime", choices=RUNTIMES,
                           help="for an exported artifact directory: the runtime to run it on (default: its own)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
@@ -403,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export to ONNX or OpenVINO IR with a manifest, parity-checked")
     export.add_argument("source", help="an effscale .safetensors file, a run directory, a foreign checkpoint "
                                        "(with --model), or a model name (random weights)")
-    export.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    export.add_argument("--format", choices=FORMATS, default="onnx")
     export.add_argument("--out", required=True, help="the artifact directory to create (must not exist)")
     export.add_argument("--model", help="model name for a foreign checkpoint (timm, torchvision, lukemelas)")
     export.add_argument("--json", action="store_true", help="print the manifest as JSON")

@@ -13,6 +13,7 @@ and by training (how many threads can run without waiting on a descheduled peer?
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,25 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+def cpu_info() -> tuple[str, set[str], int | None]:
+    """(CPU model, ISA flags, physical cores) from /proc/cpuinfo; fallbacks off Linux. The flags
+    decide the fast paths (bf16, VNNI for INT8) and are recorded with every profile."""
+    model, flags, cores = None, set(), set()
+    physical_id = core_id = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model is None:
+                model = value
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+            elif key == "physical id":
+                physical_id = value
+            elif key == "core id":
+                core_id = value
+                cores.add((physical_id, core_id))
+    except OSError:  # not Linux
+        pass
+    return model or platform.processor() or "unknown", flags, len(cores) or None

@@ -134,13 +134,9 @@ def _class_names(weights, num_classes: int) -> list[str]:
     from .export.manifest import is_artifact, read_manifest
     from .weights import is_effscale_file, read_metadata
 
-    if is_artifact(weights):
-        stored = read_manifest(weights).get("classes")
-        if isinstance(stored, list) and len(stored) == num_classes:
-            return [str(name) for name in stored]
-    elif is_effscale_file(weights):
-        stored = read_metadata(weights)["extra"].get("classes")
-        if isinstance(stored, list) and len(stored) == num_classes:
-            return [str(name) for name in stored]
+    stored = (read_manifest(weights).get("classes") if is_artifact(weights)
+              else read_metadata(weights)["extra"].get("classes") if is_effscale_file(weights) else None)
+    if isinstance(stored, list) and len(stored) == num_classes:
+        return [str(name) for name in stored]
     return imagenet_labels() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
 

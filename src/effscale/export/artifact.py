@@ -2,7 +2,7 @@
 `load_exported`: the artifact back as a callable model for predict / eval, on any runtime.
 
 ONNX goes through `torch.onnx.export(dynamo=True)` (onnxscript) with a dynamic batch and the
-weights inside the file. OpenVINO IR goes through `openvino.convert_model` on the model's
+weights inside the file (beside it past ONNX_INLINE_LIMIT). OpenVINO IR goes through `openvino.convert_model` on the model's
 `torch.export` program: the same graph the ONNX exporter starts from, without a detour through
 ONNX operators (one translation fewer to get wrong) and without `torch.jit.trace`, which
 `convert_model` uses for a plain module. Every export is checked against the PyTorch model on a
@@ -127,19 +127,18 @@ def _check_out(out) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EffscaleError(f"{str(out)!r} already exists and is not an empty directory; choose a new --out "
                             "(an export never overwrites)")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    probe = parent
+    probe = out.parent  # the nearest existing folder above it must be a writable directory
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise EffscaleError(f"cannot write {str(out)!r}: {str(probe)!r} is not writable")
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise EffscaleError(f"cannot write {str(out)!r}: {str(probe)!r} is not a writable directory")
     return out
 
 
 def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
     """(the model, how to describe its origin, its class names if known)."""
     from ..model import create_model
-    from ..weights import is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
+    from ..weights import TORCH_SUFFIXES, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
     if isinstance(source, nn.Module):
         if not isinstance(getattr(source, "spec", None), NetworkSpec):
@@ -160,9 +159,8 @@ def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
             raise EffscaleError(f"{str(source)!r} is an effscale weights file: it knows its model; leave --model out")
         classes = read_metadata(path)["extra"].get("classes")
         return model_from_file(path), str(path), list(classes) if isinstance(classes, list) else None
-    if path.is_file() and model is None and path.suffix not in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"):
-        pass  # a spec text file: exported with random weights below
-    elif path.is_file():
+    is_checkpoint = path.is_file() and (model is not None or path.suffix in (*TORCH_SUFFIXES, ".safetensors"))
+    if is_checkpoint:  # any other file is a spec text file, exported with random weights below
         if model is None:
             raise EffscaleError(f"{str(source)!r} is not an effscale weights file, so it does not say which model it "
                                 "is for: name it (model= in Python, --model on the command line)")

@@ -10,14 +10,16 @@ for the torch runtime and for re-checking parity) and this manifest, version 1:
     spec             the spec's text form (NetworkSpec.to_text())
     num_classes, in_chans, features_only
     classes          class names (null when unknown; ImageNet's are implied for 1000 classes)
-    preprocessing    {"resolution", "crop_pct", "mean", "std", "layout": "NCHW", "range": "[0, 1] then
-                     normalised"}: what to do to an RGB / grey image before the model
-    inputs, outputs  [{"name", "shape" (None = dynamic), "dtype"}]
-    precision        "fp32"
+    preprocessing    {"resolution", "crop_pct", "mean", "std", "layout": "NCHW", "scale", "resize"}:
+                     what to do to an RGB / grey image before the model
+    inputs           [{"name", "shape" (None = dynamic), "dtype"}]
+    outputs          [{"name", "dtype"}]: logits, or one feature map per level (features_only)
+    precision        "fp32", or "int8" for `effscale quantize` (which adds "quantization")
     opset            ONNX opset (onnx only)
     source           what was exported (weights file, model name)
-    parity           {"batch", "max_abs", "max_rel", "top1_agreement", "passed", "tolerance"}
-    effscale, torch, runtime_version
+    parity           {"batch", "max_abs", "max_rel", "top1_agreement", "passed", "tolerance",
+                     "torch_fp32_rel", "problems", "runtime": {"runtime", "version", "precision"}}
+    effscale, torch  the versions that wrote it
 """
 from __future__ import annotations
 

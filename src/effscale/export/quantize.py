@@ -31,7 +31,7 @@ import torch
 from ..errors import EffscaleError
 from .artifact import _check_out, _load_source, _permissions_as_umask, export
 from .manifest import read_manifest, write_manifest
-from .runtimes import require_module
+from .runtimes import onnxruntime_runner, require_module
 
 CALIBRATION_SAMPLES = 300
 EVAL_SAMPLES = 2000
@@ -41,11 +41,9 @@ MAX_ROUNDS = 8
 
 def has_vnni() -> bool:
     """True where the CPU has VNNI (the INT8 dot-product instructions that do not saturate)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    from ..cpuload import cpu_info
+
+    return bool(cpu_info()[1] & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def quantize(source, out: str | os.PathLike, *, calib: str | None = None, samples: int = CALIBRATION_SAMPLES,
@@ -178,18 +176,9 @@ def _input_name(path: Path) -> str:
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _logits(path: Path, batches) -> np.ndarray:
-    session = _session(path)
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: batch})[0] for batch in batches])
+    run, _ = onnxruntime_runner(path)
+    return np.concatenate([run(batch)[0] for batch in batches])
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:

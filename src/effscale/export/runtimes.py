@@ -43,14 +43,23 @@ def open_runner(directory: Path, manifest: dict, runtime: str):
     """(run(batch) -> list of arrays, what ran: {"runtime", "version", "precision"})."""
     directory = Path(directory)
     check_runtime(runtime, manifest["runtime_format"])
-    if runtime == "onnxruntime":
-        return _onnxruntime(directory / manifest["model_file"], [o["name"] for o in manifest["outputs"]])
-    if runtime == "openvino":
-        return _openvino(directory / manifest["model_file"])
-    return _torch(directory / "model.safetensors")
+    if runtime == "torch":  # effscale's own reader, with its own errors
+        return _torch(directory / "model.safetensors")
+    path = directory / manifest["model_file"]
+    try:
+        if runtime == "onnxruntime":
+            return onnxruntime_runner(path, [o["name"] for o in manifest["outputs"]])
+        return _openvino(path)
+    except EffscaleError:
+        raise
+    except Exception as error:  # the runtimes' own exception types for a damaged or foreign file
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise EffscaleError(f"{runtime} cannot load {str(path)!r} ({first}); export it again") from None
 
 
-def _onnxruntime(path: Path, output_names: list[str]):
+def onnxruntime_runner(path: Path, output_names: list[str] | None = None):
+    """An ONNX file on ONNX Runtime's CPU provider: (run(batch) -> outputs, what ran); all outputs
+    when `output_names` is None."""
     ort = require_module("onnxruntime", "running an ONNX artifact")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
@@ -103,4 +112,4 @@ def _torch(path: Path):
     return run, {"runtime": "torch", "version": torch.__version__, "precision": "fp32"}
 
 
-__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "check_runtime", "open_runner", "require_module"]
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "check_runtime", "onnxruntime_runner", "open_runner", "require_module"]

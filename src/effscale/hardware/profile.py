@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ..cpuload import cpu_info
 from ..errors import EffscaleError
 
 SCHEMA_VERSION = 1
@@ -59,27 +60,6 @@ class ProfileInterferenceWarning(UserWarning):
 _INTERESTING_FLAGS = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
 
 
-def _cpuinfo() -> tuple[str, set[str], int | None]:
-    """(CPU model, ISA flags, physical cores) from /proc/cpuinfo; fallbacks off Linux."""
-    model, flags, cores = None, set(), set()
-    physical_id = core_id = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name" and model is None:
-                model = value
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-            elif key == "physical id":
-                physical_id = value
-            elif key == "core id":
-                core_id = value
-                cores.add((physical_id, core_id))
-    except OSError:  # not Linux
-        pass
-    return model or platform.processor() or "unknown", flags, len(cores) or None
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (affinity / cgroup cpusets), not all the machine has."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -89,7 +69,7 @@ def machine_description() -> dict:
     """What decides whether a profile still applies: CPU, cores, torch and platform."""
     import torch
 
-    model, flags, physical = _cpuinfo()
+    model, flags, physical = cpu_info()
     return {
         "cpu": model,
         "physical_cores": physical or os.cpu_count() or 1,
