@@ -97,3 +97,43 @@ def test_max_drop_moves_the_worst_ranked_layers_to_float_until_the_budget_holds(
     assert len(floats) == len(q["float_nodes"])  # the listed nodes are in the artifact, by name
     for node in (n for n in floats if n.op_type in ("Conv", "Gemm")):
         assert node.input[1] not in quantized_inputs  # a float conv keeps float weights
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_openvino_int8_through_nncf_keeps_accuracy_and_is_int8_in_the_graph(trained, tmp_path, capsys, weights_only):
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    out = tmp_path / "ov"
+    args = ["quantize", str(trained), "--format", "openvino", "--out", str(out), "--samples", "64", "--json"]
+    assert main(args + (["--weights-only"] if weights_only else [])) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    q, accuracy = manifest["quantization"], manifest["quantization"]["accuracy"]
+    assert manifest["runtime_format"] == "openvino" and q["library"].startswith("nncf ")
+    assert accuracy["drop"] <= 5 and accuracy["top1_agreement"] >= 0.95
+    ops = ov.Core().read_model(str(out / "model.xml")).get_ordered_ops()
+    int8_constants = [op for op in ops if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    fake_quantize = [op for op in ops if op.get_type_name() == "FakeQuantize"]
+    assert int8_constants  # the weights are stored in 8 bits
+    if weights_only:
+        assert manifest["precision"] == "int8 weights" and not fake_quantize  # activations stay float
+        assert accuracy["logits_sqnr_db"] > 25  # weight-only INT8 is far less noisy than full INT8
+        assert (out / "model.bin").stat().st_size < 0.6 * len((out / "model.safetensors").read_bytes())
+    else:
+        assert manifest["precision"] == "int8" and len(fake_quantize) >= 10  # activations quantized too
+        assert q["float_nodes"] == [] and all(name.startswith("conv #") for name in q["float_by_design"])
+    ran = manifest["inference_precision"]
+    model = load_exported(out)
+    assert model.runtime["precision"] == ran  # the float ops run in the precision quantize measured with
+
+
+def test_openvino_modes_refuse_what_they_cannot_do(trained, tmp_path):
+    with pytest.raises(EffscaleError, match="weights_only .* is an OpenVINO mode .*format='openvino'"):
+        quantize(trained, tmp_path / "a", weights_only=True)
+    with pytest.raises(EffscaleError, match="max_drop chooses .* weights_only quantizes no activations"):
+        quantize(trained, tmp_path / "b", format="openvino", weights_only=True, max_drop=1)
+    with pytest.raises(EffscaleError, match="analyze.* use format='onnx'"):
+        quantize(trained, tmp_path / "c", format="openvino", analyze=True)
+    with pytest.raises(EffscaleError, match="format 'tflite' is unknown; allowed: onnx, openvino"):
+        quantize(trained, tmp_path / "d", format="tflite")
+    assert not list(tmp_path.iterdir())

@@ -71,6 +71,8 @@ def cmd_info(args) -> None:
                                                          ("resolution", args.resolution)) if v is not None})
     spec = scaled_spec(resolve_image_spec(args.model), phi=args.phi, rule=rule, coefficients=coefficients,
                        image_size=args.image_size)
+    if args.roofline:
+        return _roofline(spec, args)
     info = describe(spec, layers=args.layers)
     if args.json:
         return _print_json(info)
@@ -85,6 +87,33 @@ def cmd_info(args) -> None:
                [[r["name"], r["kind"], r["in_channels"], r["out_channels"], r["kernel"], r["stride"],
                  "x".join(map(str, r["out_hw"])), _human(r["params"]), _human(r["macs"]),
                  _human(r["activations"]), f"{r['intensity']:.1f}"] for r in info["layers"]])
+
+
+def _roofline(spec, args) -> None:
+    from .hardware.roofline import device_peaks, roofline
+
+    profile = None
+    if args.device:
+        from .hardware.profile import load_profile
+
+        profile = load_profile(args.device)
+    precision = profile.precision if profile else args.precision
+    flops, bandwidth, source = device_peaks(profile, precision)
+    view = roofline(spec, peak_flops=flops, bandwidth=bandwidth, batch=args.batch, dtype=precision)
+    view["peaks_from"] = source
+    if args.json:
+        return _print_json(view)
+    print(f"{spec.name} batch {args.batch} {precision}: peaks {flops / 1e9:.0f} GFLOP/s, {bandwidth / 1e9:.1f} GB/s "
+          f"({source}); ridge {view['ridge_flop_per_byte']:.1f} FLOP/byte")
+    _table("roofline per layer", ["layer", "kind", "FLOP/byte", "bound", "bound ms", "share"],
+           [[r["name"], r["kind"], f"{r['intensity']:.1f}", r["bound"], f"{r['ms']:.3f}", f"{r['share']:.1%}"]
+            for r in view["layers"]])
+    print(f"roofline bound {view['bound_ms']:.2f} ms, {view['memory_bound_share']:.0%} of it in memory-bound layers")
+    if view["fusion"]:
+        pairs = {f["pair"] for f in view["fusion"]}
+        print(f"fusing {len(view['fusion'])} {' / '.join(sorted(pairs))} pairs would not move "
+              f"{_human(view['fusion_bytes_saved'], 'B')} of {_human(view['bytes'], 'B')} "
+              f"({view['fusion_bytes_saved'] / view['bytes']:.0%}): {view['fusion_ms_saved']:.2f} ms of the bound")
 
 
 def cmd_predict(args) -> None:
@@ -160,20 +189,27 @@ def cmd_export(args) -> None:
 def cmd_quantize(args) -> None:
     from .export.quantize import quantize
 
-    manifest = quantize(args.source, args.out, calib=args.calib, samples=args.samples, analyze=args.analyze,
-                        max_drop=args.max_drop, model=args.model)
+    manifest = quantize(args.source, args.out, format=args.format, weights_only=args.weights_only, calib=args.calib,
+                        samples=args.samples, analyze=args.analyze, max_drop=args.max_drop, model=args.model)
     if args.json:
         return _print_json(manifest)
     q = manifest["quantization"]
     accuracy = q["accuracy"]
-    print(f"{args.out}: INT8 ONNX ({q['weights']} weights, {q['activations']} activations, "
-          f"{q['calibration']}{', 7-bit weights: no VNNI on this CPU' if q['reduce_range'] else ''})")
+    notes = [q["calibration"]] if "calibration" in q else []
+    if q.get("reduce_range"):
+        notes.append("7-bit weights: no VNNI on this CPU")
+    if "overflow_fix" in q:
+        notes.append(f"overflow fix {q['overflow_fix']}")
+    if "inference_precision" in q:
+        notes.append(f"float ops in {q['inference_precision']}")
+    print(f"{args.out}: {manifest['precision'].upper()} {manifest['runtime_format']} with {q['library']} "
+          f"({q['weights']} weights, {q['activations']} activations; {'; '.join(notes)})")
     print(f"held-out top-1 on {accuracy['samples']} images: fp32 {accuracy['fp32_top1']:.2f} %, INT8 "
           f"{accuracy['int8_top1']:.2f} % (drop {accuracy['drop']:.2f} points); top-1 agreement "
           f"{accuracy['top1_agreement']:.1%}, logits SQNR {accuracy['logits_sqnr_db']:.1f} dB")
     if q["float_nodes"]:
         print(f"kept in float for max-drop {q['max_drop']:g}: {', '.join(q['float_nodes'])}")
-    if q["sqnr_db"]:
+    if q.get("sqnr_db"):
         _table("SQNR of each quantized tensor against float, worst first (dB)", ["tensor", "node", "SQNR dB"],
                [[row["tensor"], row["node"] or "", f"{row['sqnr_db']:.1f}"] for row in q["sqnr_db"]])
 
@@ -350,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--resolution", type=float, help="resolution multiplier (rounded to a multiple of 8 px)")
     info.add_argument("--image-size", type=int, help="set the input resolution in pixels after scaling")
     info.add_argument("--layers", action="store_true", help="per-layer table")
+    group = info.add_argument_group("roofline")
+    group.add_argument("--roofline", action="store_true",
+                       help="each layer's arithmetic intensity against the device's ridge point, memory- or "
+                            "compute-bound, and the bytes fused depthwise + pointwise pairs would save")
+    group.add_argument("--device", help="a device profile (effscale profile) for the peaks; default: measure now")
+    group.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                       help="bytes per element (and peaks measured now) without --device (default fp32)")
+    group.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
@@ -411,12 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--json", action="store_true", help="print the manifest as JSON")
     export.set_defaults(func=cmd_export)
 
-    quantize = commands.add_parser("quantize", help="post-training INT8 (ONNX QDQ), calibrated on your data, "
+    quantize = commands.add_parser("quantize", help="post-training INT8 (ONNX QDQ or OpenVINO NNCF), calibrated on your data, "
                                                     "with the accuracy it costs")
     quantize.add_argument("source", help="an effscale .safetensors file or a run directory (as for export)")
     quantize.add_argument("--out", required=True, help="the INT8 artifact directory to create (must not exist)")
     quantize.add_argument("--calib", help="calibration and held-out data: fashion-mnist, idx:DIR or folder:DIR "
                                           "(default: the data the weights were trained on)")
+    quantize.add_argument("--format", choices=FORMATS, default="onnx",
+                          help="onnx: ONNX Runtime's QDQ quantizer (runs on onnxruntime and openvino); openvino: "
+                               "NNCF on the OpenVINO IR (the faster INT8 on OpenVINO)")
+    quantize.add_argument("--weights-only", action="store_true",
+                          help="with --format openvino: INT8 weights (depthwise included), float activations "
+                               "(bf16 where the CPU has it natively)")
     quantize.add_argument("--samples", type=int, default=300, help="calibration images (default 300)")
     quantize.add_argument("--analyze", action="store_true", help="SQNR of every quantized tensor, worst first")
     quantize.add_argument("--max-drop", type=float, help="keep the worst layers in float until the held-out top-1 "

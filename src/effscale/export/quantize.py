@@ -30,7 +30,7 @@ import torch
 
 from ..errors import EffscaleError
 from .artifact import _check_out, _load_source, _permissions_as_umask, export
-from .manifest import read_manifest, write_manifest
+from .manifest import FORMATS, read_manifest, write_manifest
 from .runtimes import onnxruntime_runner, require_module
 
 CALIBRATION_SAMPLES = 300
@@ -46,19 +46,34 @@ def has_vnni() -> bool:
     return bool(cpu_info()[1] & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def quantize(source, out: str | os.PathLike, *, calib: str | None = None, samples: int = CALIBRATION_SAMPLES,
-             eval_samples: int = EVAL_SAMPLES, analyze: bool = False, max_drop: float | None = None,
-             model=None) -> dict:
-    """Quantize `source` (what `export` takes: weights file, run directory, ...) to an INT8 ONNX
-    artifact in `out`; returns its manifest, whose "quantization" entry holds the settings, the
-    measured accuracy and, with `analyze`, the per-layer SQNR."""
+def quantize(source, out: str | os.PathLike, *, format: str = "onnx", weights_only: bool = False,
+             calib: str | None = None, samples: int = CALIBRATION_SAMPLES, eval_samples: int = EVAL_SAMPLES,
+             analyze: bool = False, max_drop: float | None = None, model=None) -> dict:
+    """Quantize `source` (what `export` takes: weights file, run directory, ...) to an INT8 artifact
+    in `out`; returns its manifest, whose "quantization" entry holds the settings, the measured
+    accuracy and, with `analyze`, the per-layer SQNR.
+
+    `format`: "onnx" (ONNX Runtime's QDQ quantizer; runs on onnxruntime and openvino) or "openvino"
+    (NNCF on the OpenVINO IR: the faster INT8 on OpenVINO). `weights_only` (openvino): INT8 weights,
+    float activations (bf16 where native), no calibration needed but accuracy still measured."""
     for name, value, low in (("samples", samples, 1), ("eval_samples", eval_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EffscaleError(f"{name}={value!r} must be an integer >= {low}")
     if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
         raise EffscaleError(f"max_drop={max_drop!r} must be a number of top-1 points >= 0")
+    if format not in FORMATS:
+        raise EffscaleError(f"format {format!r} is unknown; allowed: {', '.join(FORMATS)}")
+    if weights_only and format != "openvino":
+        raise EffscaleError("weights_only (INT8 weights, float activations) is an OpenVINO mode (NNCF "
+                            "compress_weights): use format='openvino' (--format openvino)")
+    if weights_only and max_drop is not None:
+        raise EffscaleError("max_drop chooses which layers' activations stay float; weights_only quantizes no "
+                            "activations: drop one of them")
+    if analyze and format != "onnx":
+        raise EffscaleError("the per-tensor SQNR (analyze) is measured with ONNX Runtime's debugger on the QDQ "
+                            "model: use format='onnx' (--format onnx) for --analyze")
     out = _check_out(out)
-    quantization = require_module("onnxruntime.quantization", "INT8 quantization")
+    require_module("onnxruntime.quantization" if format == "onnx" else "nncf", "INT8 quantization")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -66,36 +81,22 @@ def quantize(source, out: str | os.PathLike, *, calib: str | None = None, sample
         data = calib or _recorded_data(source)
         calibration, held_out, labels = _data(data, network, samples, eval_samples)  # checked before exporting
         float_dir = work / "fp32"
-        manifest = export(network, float_dir, format="onnx")
+        manifest = export(network, float_dir, format=format)
         manifest.update(source=described, classes=classes)
-        prepared = work / "prepared.onnx"
-        quantization.quant_pre_process(str(float_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
-        settings = {"format": "QDQ", "weights": "int8 symmetric per channel", "activations": "uint8 asymmetric "
-                    "per tensor", "calibration": f"min-max on {sum(map(len, calibration))} images of {data}",
-                    "reduce_range": not has_vnni()}
-        ranking = _sqnr_by_tensor(prepared, work, calibration, settings) if analyze or max_drop is not None else None
-        excluded: list[str] = []
-        for _ in range(MAX_ROUNDS + 1):
-            quantized = work / "model.onnx"
-            _quantize(quantization, prepared, quantized, calibration, settings, excluded)
-            accuracy = _accuracy(float_dir / "model.onnx", quantized, held_out, labels)
-            if max_drop is None or accuracy["drop"] <= max_drop:
-                break
-            worse = [r["node"] for r in ranking if r["node"] and r["node"] not in excluded]
-            if not worse:
-                raise EffscaleError(f"INT8 loses {accuracy['drop']:.2f} top-1 points even with every ranked layer in "
-                                    f"float; max_drop={max_drop:g} cannot be met; nothing was written")
-            excluded += worse[:max(1, len(worse) // 8)]
-        else:
-            raise EffscaleError(f"INT8 still loses {accuracy['drop']:.2f} top-1 points with {len(excluded)} layers in "
-                                f"float after {MAX_ROUNDS} rounds; max_drop={max_drop:g} not met; nothing was written")
         artifact = work / "int8"
         artifact.mkdir()
-        shutil.copy2(quantized, artifact / "model.onnx")
+        images = f"{sum(map(len, calibration))} images of {data}"
+        if format == "onnx":
+            settings = _onnx_int8(float_dir, artifact, calibration, held_out, labels, images, analyze, max_drop, work)
+        else:
+            settings = _openvino_int8(float_dir, artifact, calibration, held_out, labels, images, weights_only,
+                                      max_drop)
         shutil.copy2(float_dir / "model.safetensors", artifact / "model.safetensors")
-        manifest.update(precision="int8", source=f"{manifest['source']}, quantized")
-        manifest["quantization"] = {**settings, "accuracy": accuracy, "float_nodes": excluded,
-                                    "max_drop": max_drop, "sqnr_db": ranking if analyze else None}
+        mode = "int8 weights" if weights_only else "int8"
+        manifest.update(precision=mode, source=f"{manifest['source']}, quantized")
+        if "inference_precision" in settings:
+            manifest["inference_precision"] = settings["inference_precision"]
+        manifest["quantization"] = {**settings, "max_drop": max_drop}
         for key in ("format", "version"):
             manifest.pop(key, None)
         write_manifest(artifact, manifest)
@@ -106,6 +107,67 @@ def quantize(source, out: str | os.PathLike, *, calib: str | None = None, sample
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return read_manifest(out)
+
+
+def _onnx_int8(float_dir: Path, artifact: Path, calibration, held_out, labels, images: str, analyze: bool,
+               max_drop: float | None, work: Path) -> dict:
+    """ONNX Runtime QDQ; with max_drop, the worst layers by per-tensor SQNR go back to float a few
+    at a time until the measured drop is within it."""
+    from onnxruntime import quantization
+
+    prepared = work / "prepared.onnx"
+    quantization.quant_pre_process(str(float_dir / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    settings = {"library": f"onnxruntime {_version('onnxruntime')}", "format": "QDQ",
+                "weights": "int8 symmetric per channel", "activations": "uint8 asymmetric per tensor",
+                "calibration": f"min-max on {images}", "reduce_range": not has_vnni()}
+    ranking = _sqnr_by_tensor(prepared, work, calibration, settings) if analyze or max_drop is not None else None
+    excluded: list[str] = []
+    for _ in range(MAX_ROUNDS + 1):
+        quantized = work / "model.onnx"
+        _quantize(quantization, prepared, quantized, calibration, settings, excluded)
+        accuracy = _accuracy(float_dir / "model.onnx", quantized, held_out, labels)
+        if max_drop is None or accuracy["drop"] <= max_drop:
+            break
+        worse = [r["node"] for r in ranking if r["node"] and r["node"] not in excluded]
+        if not worse:
+            raise EffscaleError(f"INT8 loses {accuracy['drop']:.2f} top-1 points even with every ranked layer in "
+                                f"float; max_drop={max_drop:g} cannot be met; nothing was written")
+        excluded += worse[:max(1, len(worse) // 8)]
+    else:
+        raise EffscaleError(f"INT8 still loses {accuracy['drop']:.2f} top-1 points with {len(excluded)} layers in "
+                            f"float after {MAX_ROUNDS} rounds; max_drop={max_drop:g} not met; nothing was written")
+    shutil.copy2(quantized, artifact / "model.onnx")
+    return {**settings, "accuracy": accuracy, "float_nodes": excluded, "sqnr_db": ranking if analyze else None}
+
+
+def _openvino_int8(float_dir: Path, artifact: Path, calibration, held_out, labels, images: str,
+                   weights_only: bool, max_drop: float | None) -> dict:
+    from .openvino_int8 import logits, quantize_ir
+
+    settings = quantize_ir(float_dir / "model.xml", artifact / "model.xml", calibration, weights_only=weights_only,
+                           vnni=has_vnni(), max_drop=max_drop, held_out=held_out, labels=labels)
+    if not weights_only:
+        settings["calibration"] = f"NNCF statistics on {images}"
+    reference = logits(float_dir / "model.xml", held_out, "fp32")
+    try:
+        quantized = logits(artifact / "model.xml", held_out, settings["inference_precision"])
+    except RuntimeError as error:  # OpenVINO's CPU plugin has no bf16 kernel for some INT8 patterns
+        if settings["inference_precision"] == "fp32":
+            raise
+        reason = str(error).strip().splitlines()[-1][:160]
+        settings.update(inference_precision="fp32", inference_precision_note=f"OpenVINO could not compile this "
+                        f"INT8 model with bf16 float ops ({reason}); its float ops run in fp32")
+        quantized = logits(artifact / "model.xml", held_out, "fp32")
+    accuracy = _agreement(reference, quantized, labels)
+    if max_drop is not None and accuracy["drop"] > max_drop:
+        raise EffscaleError(f"INT8 loses {accuracy['drop']:.2f} top-1 points with {len(settings['float_nodes'])} "
+                            f"layers in float (NNCF's accuracy control); max_drop={max_drop:g} not met; nothing was "
+                            "written")
+    return {**settings, "accuracy": accuracy}
+
+
+def _version(module: str) -> str:
+    return __import__(module).__version__
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -188,7 +250,11 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def _accuracy(float_model: Path, quantized: Path, batches, labels: np.ndarray) -> dict:
-    reference, int8 = _logits(float_model, batches), _logits(quantized, batches)
+    return _agreement(_logits(float_model, batches), _logits(quantized, batches), labels)
+
+
+def _agreement(reference: np.ndarray, int8: np.ndarray, labels: np.ndarray) -> dict:
+    """Held-out top-1 of both models on the same images, their agreement and the logits' SQNR."""
     fp32_top1 = 100.0 * float((reference.argmax(1) == labels).mean())
     int8_top1 = 100.0 * float((int8.argmax(1) == labels).mean())
     return {"samples": int(len(labels)), "fp32_top1": round(fp32_top1, 2), "int8_top1": round(int8_top1, 2),

@@ -39,8 +39,10 @@ def check_runtime(runtime: str, runtime_format: str) -> str:
     return runtime
 
 
-def open_runner(directory: Path, manifest: dict, runtime: str):
-    """(run(batch) -> list of arrays, what ran: {"runtime", "version", "precision"})."""
+def open_runner(directory: Path, manifest: dict, runtime: str, precision: str | None = None):
+    """(run(batch) -> list of arrays, what ran: {"runtime", "version", "precision"}). `precision`
+    (OpenVINO only: "fp32" or "bf16") is the float precision asked of the runtime; default: the
+    artifact's recorded "inference_precision" (fp32 unless quantize chose bf16 for its float ops)."""
     directory = Path(directory)
     check_runtime(runtime, manifest["runtime_format"])
     if runtime == "torch":  # effscale's own reader, with its own errors
@@ -49,7 +51,7 @@ def open_runner(directory: Path, manifest: dict, runtime: str):
     try:
         if runtime == "onnxruntime":
             return onnxruntime_runner(path, [o["name"] for o in manifest["outputs"]])
-        return _openvino(path)
+        return openvino_runner(path, precision or manifest.get("inference_precision", "fp32"))
     except EffscaleError:
         raise
     except Exception as error:  # the runtimes' own exception types for a damaged or foreign file
@@ -72,20 +74,24 @@ def onnxruntime_runner(path: Path, output_names: list[str] | None = None):
     return run, {"runtime": "onnxruntime", "version": ort.__version__, "precision": "fp32"}
 
 
-def _openvino(path: Path):
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def openvino_runner(path: Path, precision: str = "fp32", streams: int | None = None):
+    """An OpenVINO IR (or ONNX) file on OpenVINO's CPU plugin with float ops in `precision`; a batch
+    of at least `streams` images (default: the usable cores) is split over that many streams
+    (openvino_runtime.OpenVINOModel)."""
+    if precision not in OPENVINO_HINTS:
+        raise EffscaleError(f"precision {precision!r} is not one OpenVINO runs float ops in; allowed: "
+                            f"{', '.join(OPENVINO_HINTS)}")
     ov = require_module("openvino", "running an OpenVINO artifact")
-    core = ov.Core()
-    # OpenVINO runs CPUs with native bf16 in bf16 unless told otherwise: an fp32 artifact runs in fp32,
-    # and the precision that actually ran is read back, not assumed.
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    ran = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    request = compiled.create_infer_request()
+    from .openvino_runtime import OpenVINOModel, usable_cpus
 
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        result = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return [np.array(result[output]) for output in compiled.outputs]
-
-    return run, {"runtime": "openvino", "version": ov.__version__, "precision": ran}
+    # OpenVINO runs CPUs with native bf16 in bf16 unless told otherwise: the precision is always given,
+    # and the one that actually ran is read back, not assumed (without native bf16 a bf16 hint runs f32).
+    model = OpenVINOModel(ov, path, OPENVINO_HINTS[precision], streams or usable_cpus())
+    ran = _precision_name(model.precision())
+    return model, {"runtime": "openvino", "version": ov.__version__, "precision": ran}
 
 
 def _precision_name(value) -> str:
@@ -112,4 +118,4 @@ def _torch(path: Path):
     return run, {"runtime": "torch", "version": torch.__version__, "precision": "fp32"}
 
 
-__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "check_runtime", "onnxruntime_runner", "open_runner", "require_module"]
+__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "check_runtime", "onnxruntime_runner", "open_runner", "openvino_runner", "require_module"]

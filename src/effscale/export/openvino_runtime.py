@@ -1,0 +1,73 @@
+"""OpenVINO on the CPU as effscale runs it: one compiled model per batch size (static shapes: the
+CPU plugin plans memory and picks kernels once, instead of per call), and a batch of at least
+`streams` images split over `streams` parallel inference streams of one thread each.
+
+Why streams: at batch > 1 most of an EfficientNet's time is depthwise convs, swish and the SE
+gate, all memory-bound; one stream per core keeps each core's images in its own cache instead of
+both cores sharing every layer's tensors. Measured on a 2-core AVX-512 machine, B0 batch 32:
+~1.3-1.4x OpenVINO's default latency mode in bf16 and INT8 (benchmarks/deploy.py, BENCHMARKS.md).
+A batch of one image runs in latency mode on all threads (streams would leave cores idle).
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+CACHED_SHAPES = 4  # compiled models kept (eval's last, smaller batch is one more shape)
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class OpenVINOModel:
+    def __init__(self, ov, path: Path, hint: str, streams: int):
+        self.core, self.hint, self.streams = ov.Core(), hint, max(1, int(streams))
+        self.model = self.core.read_model(str(path))
+        self.compiled: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def precision(self):
+        """What the CPU plugin runs float ops in, read back from a compiled model (not the hint)."""
+        if self.compiled:
+            return next(iter(self.compiled.values()))[0].get_property("INFERENCE_PRECISION_HINT")
+        compiled = self.core.compile_model(self.model, "CPU", {"INFERENCE_PRECISION_HINT": self.hint})
+        return compiled.get_property("INFERENCE_PRECISION_HINT")  # the file's own (dynamic) shapes
+
+    def _compiled(self, shape: tuple):
+        if shape in self.compiled:
+            self.compiled.move_to_end(shape)
+            return self.compiled[shape]
+        batch = shape[0]
+        streams = self.streams if batch >= self.streams and batch % self.streams == 0 else 1
+        model = self.model.clone()
+        model.reshape({model.inputs[0]: [batch // streams, *shape[1:]]})
+        config = {"INFERENCE_PRECISION_HINT": self.hint}
+        if streams > 1:
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams, INFERENCE_NUM_THREADS=streams)
+        else:
+            config.update(PERFORMANCE_HINT="LATENCY")
+        compiled = self.core.compile_model(model, "CPU", config)
+        entry = (compiled, [compiled.create_infer_request() for _ in range(streams)])
+        self.compiled[shape] = entry
+        if len(self.compiled) > CACHED_SHAPES:
+            self.compiled.popitem(last=False)
+        return entry
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        compiled, requests = self._compiled(tuple(batch.shape))
+        if len(requests) == 1:
+            result = requests[0].infer({0: batch})
+            return [np.array(result[output]) for output in compiled.outputs]
+        for request, part in zip(requests, np.split(batch, len(requests))):
+            request.start_async({0: part})
+        for request in requests:
+            request.wait()
+        return [np.concatenate([np.array(request.get_tensor(output).data) for request in requests])
+                for output in compiled.outputs]
+
+
+__all__ = ["OpenVINOModel", "usable_cpus"]
