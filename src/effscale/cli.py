@@ -189,6 +189,13 @@ def cmd_export(args) -> None:
 def cmd_quantize(args) -> None:
     from .export.quantize import quantize
 
+    if args.plot:  # checked before the long work
+        from pathlib import Path
+
+        if not args.analyze:
+            raise EffscaleError("--plot draws the per-tensor SQNR of --analyze: add --analyze")
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise EffscaleError(f"--plot {args.plot!r}: directory {str(Path(args.plot).parent)!r} does not exist")
     manifest = quantize(args.source, args.out, format=args.format, weights_only=args.weights_only, calib=args.calib,
                         samples=args.samples, analyze=args.analyze, max_drop=args.max_drop, model=args.model)
     if args.json:
@@ -209,6 +216,13 @@ def cmd_quantize(args) -> None:
           f"{accuracy['top1_agreement']:.1%}, logits SQNR {accuracy['logits_sqnr_db']:.1f} dB")
     if q["float_nodes"]:
         print(f"kept in float for max-drop {q['max_drop']:g}: {', '.join(q['float_nodes'])}")
+    if q.get("sqnr_db") and args.plot:
+        from pathlib import Path
+
+        from .export.quantize import plot_sqnr_by_depth
+
+        path = plot_sqnr_by_depth(q["sqnr_db"], Path(args.plot), f"INT8 SQNR by depth: {manifest['source']}")
+        print(f"SQNR by depth: {path}")
     if q.get("sqnr_db"):
         _table("SQNR of each quantized tensor against float, worst first (dB)", ["tensor", "node", "SQNR dB"],
                [[row["tensor"], row["node"] or "", f"{row['sqnr_db']:.1f}"] for row in q["sqnr_db"]])
@@ -469,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(bf16 where the CPU has it natively)")
     quantize.add_argument("--samples", type=int, default=300, help="calibration images (default 300)")
     quantize.add_argument("--analyze", action="store_true", help="SQNR of every quantized tensor, worst first")
+    quantize.add_argument("--plot", metavar="PNG", help="with --analyze: plot the SQNR by depth to this file "
+                                                        "(needs the lab extra's matplotlib)")
     quantize.add_argument("--max-drop", type=float, help="keep the worst layers in float until the held-out top-1 "
                                                          "drop is at most this many points")
     quantize.add_argument("--model", help="model name for a foreign checkpoint")

@@ -27,6 +27,7 @@ from .errors import EffscaleError
 BLOCK_TYPES = ("mbconv", "fused_mbconv")
 ACTIVATIONS = ("swish", "relu6", "relu", "gelu")
 PADDINGS = ("symmetric", "same")
+SE_POSITIONS = ("after_dw", "before_dw")
 MIN_RESOLUTION = 32
 # Size limits far above any published member (EfficientNet-L2: 88 blocks, 5504 channels, 800 px),
 # so that a typo (phi 300 for 3.0, depth 1e9) is an error naming the limit instead of a spec whose
@@ -187,6 +188,7 @@ class BlockSpec:
     se_ratio: float
     drop_path_rate: float
     divisor: int = 8  # the network's channel divisor, also used for the expanded width
+    se_position: str = "after_dw"  # MBConv: squeeze-excite after the depthwise conv, or before it
 
     @property
     def expanded_channels(self) -> int:
@@ -208,7 +210,9 @@ class BlockSpec:
         module builder (nn/blocks.py, series/nn.py), the analytic cost (cost.py, series/cost.py)
         and the weight-key converters (weights.py) all walk, so they cannot drift apart.
 
-        MBConv: [1x1 expand] -> kxk depthwise -> [squeeze-excite] -> 1x1 project (no activation).
+        MBConv: [1x1 expand] -> kxk depthwise -> [squeeze-excite] -> 1x1 project (no activation);
+        with se_position "before_dw" the squeeze-excite gates the expanded tensor before the
+        depthwise conv instead (same widths and parameters, the gate at the input resolution).
         Fused-MBConv: kxk fused conv -> [squeeze-excite] -> [1x1 project]; without expansion the
         kxk conv maps straight to the output width (EfficientNetV2 reference)."""
         hidden = self.expanded_channels
@@ -223,9 +227,12 @@ class BlockSpec:
         layers = []
         if self.expand_ratio != 1:
             layers.append(LayerSpec("expand", "pointwise", self.in_channels, hidden))
+        se = [LayerSpec("se", "se", hidden, hidden, squeeze=self.se_channels)] if self.se_channels else []
+        if self.se_position == "before_dw":
+            layers += se
         layers.append(LayerSpec("depthwise", "depthwise", hidden, hidden, self.kernel, self.stride, groups=hidden))
-        if self.se_channels:
-            layers.append(LayerSpec("se", "se", hidden, hidden, squeeze=self.se_channels))
+        if self.se_position != "before_dw":
+            layers += se
         layers.append(LayerSpec("project", "pointwise", hidden, self.out_channels, activation=False))
         return tuple(layers)
 
@@ -289,6 +296,10 @@ class NetworkSpec:
     bn_eps: float = 1e-3
     bn_momentum: float = 0.01  # PyTorch convention (TF's 0.99 decay)
     padding: str = "symmetric"  # "same" reproduces TF padding for TF-ported weights
+    # Where MBConv's squeeze-excite sits: "after_dw" (EfficientNet) or "before_dw" (gating the
+    # expanded tensor before the depthwise conv; for the quantization-noise-vs-depth study).
+    # Fused-MBConv has no depthwise conv: its SE stays after the fused conv either way.
+    se_position: str = "after_dw"
     scale_stem_head: bool = True  # False pins stem and head widths (EfficientNet-Lite)
     divisor: int = 8
     # Preprocessing belongs with the network definition so that weights saved with it carry it.
@@ -304,6 +315,8 @@ class NetworkSpec:
             object.__setattr__(self, key, tuple(float(v) for v in value))
         check_network_fields(self, stage_type=StageSpec)
         _check(self.padding in PADDINGS, f"padding={self.padding!r} is unknown; allowed: {', '.join(PADDINGS)}")
+        _check(self.se_position in SE_POSITIONS,
+               f"se_position={self.se_position!r} is unknown; allowed: {', '.join(SE_POSITIONS)}")
         _check(len(self.mean) == 3 and len(self.std) == 3 and all(map(math.isfinite, self.mean + self.std))
                and all(s > 0 for s in self.std),
                f"mean={self.mean!r} and std={self.std!r} must be 3 numbers each, std > 0")
@@ -336,7 +349,7 @@ class NetworkSpec:
                     in_channels=in_channels, out_channels=stage.out_channels, kernel=stage.kernel,
                     stride=stage.stride if position == 0 else 1, expand_ratio=stage.expand_ratio,
                     se_ratio=stage.se_ratio, drop_path_rate=self.drop_path_rate * index / total,
-                    divisor=self.divisor))
+                    divisor=self.divisor, se_position=self.se_position))
                 in_channels = stage.out_channels
                 index += 1
         return tuple(rows)
@@ -379,6 +392,8 @@ class NetworkSpec:
             "mean=" + ",".join(_fmt_num(v) for v in self.mean),
             "std=" + ",".join(_fmt_num(v) for v in self.std), f"crop_pct={_fmt_num(self.crop_pct)}",
         ]
+        if self.se_position != "after_dw":  # written only when set: older texts stay as they were
+            header.append(f"se_position={self.se_position}")
         return "\n".join([" ".join(header)] + [stage.to_text() for stage in self.stages])
 
     @classmethod
@@ -396,7 +411,7 @@ class NetworkSpec:
                 "scale_stem_head": ("scale_stem_head", lambda v: bool(int(v))), "divisor": ("divisor", int),
                 "mean": ("mean", lambda v: tuple(float(x) for x in v.split(","))),
                 "std": ("std", lambda v: tuple(float(x) for x in v.split(","))),
-                "crop_pct": ("crop_pct", float)}
+                "crop_pct": ("crop_pct", float), "se_position": ("se_position", str)}
         values: dict = {"name": header[1]}
         for token in header[2:]:
             key, sep, raw = token.partition("=")

@@ -281,10 +281,31 @@ def _sqnr_by_tensor(prepared: Path, work: Path, calibration, settings: dict) -> 
     int8_acts = debug.collect_activations(str(augmented_int8), _Reader(name, batches))
     matched = debug.create_activation_matching(int8_acts, float_acts)
     errors = debug.compute_activation_error(matched)
-    producers = {output: node.name for node in onnx.load(str(prepared)).graph.node for output in node.output}
-    rows = [{"tensor": tensor, "node": producers.get(tensor), "sqnr_db": round(float(values["xmodel_err"]), 2)}
+    nodes = onnx.load(str(prepared)).graph.node
+    producers = {output: (node.name, position) for position, node in enumerate(nodes) for output in node.output}
+    rows = [{"tensor": tensor, "node": producers.get(tensor, (None, None))[0],
+             "position": producers.get(tensor, (None, None))[1], "sqnr_db": round(float(values["xmodel_err"]), 2)}
             for tensor, values in errors.items() if "xmodel_err" in values and math.isfinite(values["xmodel_err"])]
     return sorted(rows, key=lambda row: row["sqnr_db"])
 
 
-__all__ = ["has_vnni", "quantize", "sqnr_db"]
+def plot_sqnr_by_depth(ranking: list[dict], path: Path, title: str) -> Path:
+    """Each quantized tensor's SQNR against its position in the graph (input -> output): where
+    along the depth the INT8 noise builds up. Needs matplotlib (the `lab` extra)."""
+    from ..plotting import pyplot
+
+    plt = pyplot()
+    rows = sorted((r for r in ranking if r["position"] is not None), key=lambda r: r["position"])
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    axes.plot([r["position"] for r in rows], [r["sqnr_db"] for r in rows], marker=".", linewidth=0.8)
+    axes.set_xlabel("node position in the graph (input to output)")
+    axes.set_ylabel("SQNR vs float (dB)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["has_vnni", "plot_sqnr_by_depth", "quantize", "sqnr_db"]

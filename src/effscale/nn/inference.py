@@ -122,7 +122,12 @@ def prepare_for_inference(model: nn.Module, channels_last: bool = True, *, bf16:
     The model is modified in place (and returned); it can no longer train.
     """
     model = fold_batchnorm(model.eval())
+    # An SE that is a block's first layer (se_position="before_dw" without expansion) gates the
+    # block input, which the residual adds back later: it must not overwrite it.
+    first = {id(getattr(block, block.layer_names[0])) for block in model.modules() if hasattr(block, "layer_names")}
     for module in model.modules():
+        if id(module) in first:
+            continue
         if type(module) in (SqueezeExcite, InplaceSqueezeExcite):  # not subclasses with their own forward
             module.__class__ = InplaceSqueezeExcite
             module.channels_last = channels_last

@@ -28,14 +28,9 @@ STYLE = {"compound": ("C3", "o"), "depth": ("C0", "s"), "width": ("C2", "^"), "r
 
 
 def _pyplot():
-    from ..errors import require
+    from ..plotting import pyplot
 
-    matplotlib = require("matplotlib", "lab")
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _series(summary: list[dict], strategy: str) -> list[dict]:
