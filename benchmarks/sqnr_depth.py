@@ -2,7 +2,8 @@
 vs the compound coefficient φ, with squeeze-excite after the depthwise conv (EfficientNet) and
 before it (`se_position=before_dw`).
 
-For each SE position and φ in --phis: the quick recipe's base (`effscale_quick`, 32 px) with that
+For each SE position and φ in --phis: the quick recipe's base (`effscale_quick`, at --resolution
+48 px so that φ = -2 stays above the 32 px minimum) with that
 SE position, compound-scaled by φ (EfficientNet's rule: depth 1.2^φ, width 1.1^φ, resolution
 1.15^φ), trained on the bundled Fashion-MNIST with the quick recipe for --epochs epochs (same
 seed), then:
@@ -19,7 +20,7 @@ does the noise grow with φ (deeper and wider networks), and does moving SE befo
 depthwise conv keep it lower at large φ? One seed per point: differences below ~1 dB are within
 what another seed or calibration sample would move.
 
-Run (about 15-25 minutes on 2 cores):
+Run (about 25 minutes on 2 cores):
     .venv/bin/python benchmarks/sqnr_depth.py --out benchmarks/results/sqnr_depth.md \
         --json benchmarks/results/sqnr_depth.json --plot benchmarks/results/sqnr_depth.png
 """
@@ -75,7 +76,7 @@ def weight_only(weights: Path, held_out, labels, bits: int, reference: np.ndarra
 
 
 def run_point(position: str, phi: float, args, work: Path) -> dict:
-    base = quick_spec().replace(name=f"quick_se_{position}", se_position=position)
+    base = quick_spec(args.resolution).replace(name=f"quick_se_{position}", se_position=position)
     spec_file = work / f"{base.name}.txt"
     spec_file.write_text(base.to_text())
     out = work / f"{position}_phi{phi:+g}"
@@ -101,7 +102,7 @@ def run_point(position: str, phi: float, args, work: Path) -> dict:
 def markdown(info: dict, rows: list[dict]) -> str:
     lines = [f"Machine: {info['cpu']}, {info['usable_cpus']} usable CPUs, flags {' '.join(info['flags'])}; load "
              f"average {info['loadavg_start'][0]:.2f} at start, {info['loadavg_end'][0]:.2f} at end; {info['date']}; "
-             f"wall {info['wall_s']:.0f} s; data {info['data']}, {info['epochs']} epochs, seed {info['seed']}, "
+             f"wall {info['wall_s']:.0f} s; base effscale_quick at {info['base_resolution']} px; data {info['data']}, {info['epochs']} epochs, seed {info['seed']}, "
              f"{info['eval_samples']} held-out images.", "",
              "| SE | φ | res | blocks | params | MACs | fp32 top-1 | INT8 SQNR dB | INT8 drop | W8 SQNR dB | "
              "W4 SQNR dB | W4 drop |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -135,7 +136,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phis", default="-2,-1,0,1,2")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=48,
+                        help="the base's input side (48: phi = -2 still gives >= 32 px)")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--eval-samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
     cpu, flags = cpu_description()
     info = {"cpu": cpu, "flags": flags, "usable_cpus": usable_cpus(), "loadavg_start": os.getloadavg(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "data": args.data, "epochs": args.epochs,
-            "seed": args.seed, "eval_samples": args.eval_samples}
+            "seed": args.seed, "eval_samples": args.eval_samples, "base_resolution": args.resolution}
     start, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="effscale-sqnr-") as tmp:
         for position in SE_POSITIONS:

@@ -170,3 +170,20 @@ def test_cli_export_then_predict_and_eval_through_the_artifact(tmp_path, capsys)
         warnings.simplefilter("error")
         assert main(["export", str(weights), "--out", str(tmp_path / "art")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_openvino_runner_splits_a_batch_over_streams_with_the_same_outputs(tmp_path):
+    pytest.importorskip("openvino")
+    from effscale.export.runtimes import openvino_runner
+
+    export(_weights(tmp_path, num_classes=10), tmp_path / "ov", format="openvino")
+    manifest = json.loads((tmp_path / "ov" / "effscale-export.json").read_text())
+    side = NetworkSpec.from_text(manifest["spec"]).resolution
+    x = np.random.default_rng(0).standard_normal((6, manifest["in_chans"], side, side)).astype(np.float32)
+    one, _ = openvino_runner(tmp_path / "ov" / "model.xml", streams=1)
+    two, ran = openvino_runner(tmp_path / "ov" / "model.xml", streams=2)
+    assert ran["precision"] == "fp32"
+    np.testing.assert_allclose(two(x)[0], one(x)[0], rtol=1e-5, atol=1e-5)
+    assert len(two.compiled[x.shape][1]) == 2  # two infer requests: the batch was split
+    np.testing.assert_allclose(two(x[:3])[0], one(x[:3])[0], rtol=1e-5, atol=1e-5)  # odd batch: one stream
+    assert len(two.compiled[(3, *x.shape[1:])][1]) == 1

@@ -195,3 +195,30 @@ def test_prepare_for_inference_options_keep_the_function():
         assert (out - reference).abs().max() < 0.1 * reference.abs().max()
         pyramid = prepare_for_inference(small_model(features_only=True), bf16=True)(x)
         assert [f.dtype for f in pyramid] == [torch.float32] * 5
+
+
+def test_se_before_the_depthwise_conv_is_a_spec_option_every_path_follows():
+    from effscale.spec import NetworkSpec
+
+    spec = effscale.get_spec("efficientnet_b0").replace(se_position="before_dw", resolution=64)
+    assert "se_position=before_dw" in spec.to_text() and NetworkSpec.from_text(spec.to_text()) == spec
+    assert "se_position" not in effscale.get_spec("efficientnet_b0").to_text()  # older texts unchanged
+    model = small_model(spec)
+    assert model.stages[0][0].layer_names == ("se", "depthwise", "project")  # no expansion: SE gates the input
+    assert model.stages[1][0].layer_names == ("expand", "se", "depthwise", "project")
+    after, before = effscale.cost(spec.replace(se_position="after_dw")), effscale.cost(spec)
+    assert before.params == after.params and before.macs == after.macs
+    scale = {row.name: row for row in before.layers if row.kind == "se_scale"}
+    depthwise = {row.name: row for row in before.layers if row.kind == "depthwise"}
+    # the gate now works on the depthwise conv's input: before the stride, at the larger size
+    assert scale["stages.1.0.se.scale"].out_hw == depthwise["stages.1.0.depthwise.conv"].in_hw
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == sum(p.numel() for p in effscale.create_model(spec.replace(se_position="after_dw")).parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+        # the in-place SE must not overwrite a block input the residual still needs
+        fast = prepare_for_inference(small_model(spec))(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    with pytest.raises(EffscaleError, match="se_position='middle' is unknown; allowed: after_dw, before_dw"):
+        spec.replace(se_position="middle")

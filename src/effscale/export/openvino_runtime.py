@@ -7,6 +7,11 @@ gate, all memory-bound; one stream per core keeps each core's images in its own 
 both cores sharing every layer's tensors. Measured on a 2-core AVX-512 machine, B0 batch 32:
 ~1.3-1.4x OpenVINO's default latency mode in bf16 and INT8 (benchmarks/deploy.py, BENCHMARKS.md).
 A batch of one image runs in latency mode on all threads (streams would leave cores idle).
+
+Weight-only compressed models (INT8 weights decompressed at run time, no FakeQuantize) always
+run on one stream: OpenVINO 2026.4's CPU plugin returns garbage from them intermittently with
+two streams (seen in fp32 and bf16: logits of 1e4-1e15 in 1-2 of 3 fresh runs of the same batches,
+none with one stream; float and static INT8 models gave identical outputs over 6 runs).
 """
 from __future__ import annotations
 
@@ -23,10 +28,20 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def weight_compressed(model) -> bool:
+    """Integer weight constants without any FakeQuantize: a weight-only compressed model."""
+    types = {op.get_type_name() for op in model.get_ordered_ops()}
+    integer = any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+                  for op in model.get_ordered_ops())
+    return integer and "FakeQuantize" not in types
+
+
 class OpenVINOModel:
     def __init__(self, ov, path: Path, hint: str, streams: int):
         self.core, self.hint, self.streams = ov.Core(), hint, max(1, int(streams))
         self.model = self.core.read_model(str(path))
+        if weight_compressed(self.model):
+            self.streams = 1
         self.compiled: OrderedDict[tuple, tuple] = OrderedDict()
 
     def precision(self):
