@@ -349,7 +349,9 @@ class NetworkSpec:
                     in_channels=in_channels, out_channels=stage.out_channels, kernel=stage.kernel,
                     stride=stage.stride if position == 0 else 1, expand_ratio=stage.expand_ratio,
                     se_ratio=stage.se_ratio, drop_path_rate=self.drop_path_rate * index / total,
-                    divisor=self.divisor, se_position=self.se_position))
+                    divisor=self.divisor,
+                    # SeriesSpec shares this method and has no se_position: its SE stays after the conv
+                    se_position=getattr(self, "se_position", "after_dw")))
                 in_channels = stage.out_channels
                 index += 1
         return tuple(rows)
