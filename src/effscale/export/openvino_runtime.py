@@ -4,8 +4,9 @@ CPU plugin plans memory and picks kernels once, instead of per call), and a batc
 
 Why streams: at batch > 1 most of an EfficientNet's time is depthwise convs, swish and the SE
 gate, all memory-bound; one stream per core keeps each core's images in its own cache instead of
-both cores sharing every layer's tensors. Measured on a 2-core AVX-512 machine, B0 batch 32:
-~1.3-1.4x OpenVINO's default latency mode in bf16 and INT8 (benchmarks/deploy.py, BENCHMARKS.md).
+both cores sharing every layer's tensors. Measured on a 2-core AVX-512 machine in bf16: 1.11x
+OpenVINO's default latency mode at B0 batch 32, 1.18x at B3 batch 8 (benchmarks/deploy.py,
+BENCHMARKS.md).
 A batch of one image runs in latency mode on all threads (streams would leave cores idle).
 
 Weight-only compressed models (INT8 weights decompressed at run time, no FakeQuantize) always
