@@ -67,9 +67,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from machine_info import cpu_description, usable_cpus  # noqa: E402
+from machine_info import cpu_description, usable_cpus, write_outputs  # noqa: E402
 
 import effscale  # noqa: E402
+from effscale.export.runtimes import OPENVINO_HINTS  # noqa: E402
 
 CASES = [("efficientnet_b0", 224, 1), ("efficientnet_b0", 224, 32), ("efficientnet_b3", 300, 8),
          ("efficientnet_lite0", 224, 1)]
@@ -149,14 +150,13 @@ def openvino_call(path: Path, x: np.ndarray, precision: str, threads: int, strea
     if streams > 1:
         from effscale.export.openvino_runtime import OpenVINOModel
 
-        model = OpenVINOModel(ov, path, {"fp32": "f32", "bf16": "bf16"}[precision], streams)
+        model = OpenVINOModel(ov, path, OPENVINO_HINTS[precision], streams)
         model(x)
         return (lambda: model(x)), ("bf16" if "bf" in str(model.precision()) else "fp32")
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape({model.inputs[0]: list(x.shape)})
-    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_NUM_THREADS": threads})
     ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     request = compiled.create_infer_request()
@@ -225,30 +225,13 @@ PAUSE_S = 0.05
 
 
 def measure(runners: list[Runner], warmup: int, rounds: int, seed: int) -> None:
-    """As benchmarks/inference.py, plus a pause before every timed call: the runtimes' worker threads
-    spin for a while after a call (ONNX Runtime's intra-op spinning, OpenMP's spin-wait, OpenVINO's
-    TBB arena), and a row timed right after another runtime's would compete with them."""
-    import random
+    """benchmarks/inference.py's interleaved timing, with a pause before every timed call: the
+    runtimes' worker threads spin for a while after a call (ONNX Runtime's intra-op spinning,
+    OpenMP's spin-wait, OpenVINO's TBB arena), and a row timed right after another runtime's would
+    compete with them."""
+    from inference import measure as interleaved
 
-    for runner in runners:
-        start = time.perf_counter()
-        runner.call()
-        runner.first_call_s = time.perf_counter() - start
-        for _ in range(warmup):
-            runner.call()
-    order, shuffle = list(runners), random.Random(seed).shuffle
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            shuffle(order)
-            for runner in order:
-                time.sleep(PAUSE_S)
-                start = time.perf_counter()
-                runner.call()
-                runner.samples_ms.append((time.perf_counter() - start) * 1e3)
-    finally:
-        gc.enable()
+    interleaved(runners, warmup, rounds, seed, pause_s=PAUSE_S)
 
 
 # -- roofline -----------------------------------------------------------------------------------------
@@ -281,7 +264,7 @@ def openvino_fusion(path: Path, resolution: int, precision: str) -> dict:
     model = core.read_model(str(path))
     model.reshape({model.inputs[0]: [1, 3, resolution, resolution]})
     ir_convs = sum(op.get_type_name() in ("Convolution", "GroupConvolution") for op in model.get_ordered_ops())
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]})
     nodes = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
     convs = [info["originalLayersNames"].astype(str) for info in nodes if info["layerType"].astype(str) == "Convolution"]
     return {"precision": precision, "ir_convs": ir_convs, "runtime_conv_nodes": len(convs),
@@ -518,14 +501,8 @@ def main(argv=None) -> int:
     info["wall_s"] = time.perf_counter() - start
     table = markdown(info, rows, peaks, memory, args) + fusion_markdown(fusion)
     print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, "peaks": peaks, "memory_mib": memory, "fusion": fusion,
-                                         "rows": rows},
-                                        indent=1))
+    write_outputs({args.out: table, args.json: json.dumps({"machine": info, "peaks": peaks, "memory_mib": memory,
+                                                          "fusion": fusion, "rows": rows}, indent=1)})
     return 0
 
 

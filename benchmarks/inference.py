@@ -144,7 +144,8 @@ def check_outputs(runners: list[Runner]) -> dict:
     return checks
 
 
-def measure(runners: list[Runner], warmup: int, rounds: int, seed: int) -> None:
+def measure(runners: list[Runner], warmup: int, rounds: int, seed: int, pause_s: float = 0.0) -> None:
+    """`pause_s` before every timed call (benchmarks/deploy.py: lets other runtimes' threads stop spinning)."""
     with torch.inference_mode():
         for runner in runners:  # first call separately: it includes compilation where there is one
             start = time.perf_counter()
@@ -160,6 +161,8 @@ def measure(runners: list[Runner], warmup: int, rounds: int, seed: int) -> None:
             for _ in range(rounds):
                 shuffle(order)
                 for runner in order:
+                    if pause_s:
+                        time.sleep(pause_s)
                     start = time.perf_counter()
                     runner.call()
                     runner.samples_ms.append((time.perf_counter() - start) * 1e3)

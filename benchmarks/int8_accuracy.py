@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from machine_info import cpu_description, usable_cpus
+from machine_info import cpu_description, usable_cpus, write_outputs
 
 from effscale.export import export
 from effscale.export.openvino_int8 import logits as ov_logits
@@ -250,9 +250,7 @@ def main(argv=None) -> int:
                   f"{r['logits_sqnr_db']:.1f} |" for r in rows]
         table = "\n".join(lines) + "\n"
         print(table)
-        for path, text in ((args.out, table), (args.json, json.dumps({"machine": info, "rows": rows}, indent=1))):
-            if path:
-                path.write_text(text)
+        write_outputs({args.out: table, args.json: json.dumps({"machine": info, "rows": rows}, indent=1)})
         return 0
     with tempfile.TemporaryDirectory(prefix="effscale-int8-") as tmp:
         for index, source in enumerate(args.weights):
@@ -268,10 +266,7 @@ def main(argv=None) -> int:
     info.update(loadavg_end=os.getloadavg(), wall_s=time.perf_counter() - start)
     table = markdown(info, results)
     print(table)
-    for path, text in ((args.out, table), (args.json, json.dumps({"machine": info, **results}, indent=1))):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    write_outputs({args.out: table, args.json: json.dumps({"machine": info, **results}, indent=1)})
     return 0
 
 

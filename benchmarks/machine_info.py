@@ -25,3 +25,11 @@ def cpu_description() -> tuple[str, list[str]]:
 
 def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def write_outputs(files: dict) -> None:
+    """Write each {path: text} whose path was given (None: the option was not used)."""
+    for path, text in files.items():
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)

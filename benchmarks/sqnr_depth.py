@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine_info import cpu_description, usable_cpus
+from machine_info import cpu_description, usable_cpus, write_outputs
 
 from effscale.export.quantize import _data, quantize, sqnr_db
 from effscale.nn import prepare_for_inference
@@ -162,10 +162,7 @@ def main(argv=None) -> int:
     info.update(loadavg_end=os.getloadavg(), wall_s=time.perf_counter() - start)
     table = markdown(info, rows)
     print(table)
-    for path, text in ((args.out, table), (args.json, json.dumps({"machine": info, "rows": rows}, indent=1))):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    write_outputs({args.out: table, args.json: json.dumps({"machine": info, "rows": rows}, indent=1)})
     if args.plot:
         plot(rows, args.plot)
     return 0

@@ -190,12 +190,9 @@ def cmd_quantize(args) -> None:
     from .export.quantize import quantize
 
     if args.plot:  # checked before the long work
-        from pathlib import Path
-
         if not args.analyze:
             raise EffscaleError("--plot draws the per-tensor SQNR of --analyze: add --analyze")
-        if not Path(args.plot).resolve().parent.is_dir():
-            raise EffscaleError(f"--plot {args.plot!r}: directory {str(Path(args.plot).parent)!r} does not exist")
+        check_writable_file(args.plot, "--plot")
     manifest = quantize(args.source, args.out, format=args.format, weights_only=args.weights_only, calib=args.calib,
                         samples=args.samples, analyze=args.analyze, max_drop=args.max_drop, model=args.model)
     if args.json:

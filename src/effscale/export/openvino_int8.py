@@ -34,15 +34,11 @@ from .runtimes import openvino_runner, require_module
 COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul")
 
 
-def native_bf16_cpu() -> bool:
-    from ..cpuload import cpu_info
-
-    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
-
-
 def runtime_precision() -> str:
     """The precision float ops of a quantized model run in here: bf16 where native, else fp32."""
-    return "bf16" if native_bf16_cpu() else "fp32"
+    from ..nn.inference import native_bf16
+
+    return "bf16" if native_bf16() else "fp32"
 
 
 def quantize_ir(float_xml: Path, out_xml: Path, calibration: list[np.ndarray], *, weights_only: bool, vnni: bool,

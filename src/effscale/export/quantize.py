@@ -1,6 +1,6 @@
-"""Post-training static INT8 through ONNX Runtime's QDQ quantizer, calibrated on the user's data,
-with the accuracy it costs measured on held-out data, per-layer SQNR, and layers kept in float
-until a top-1 budget holds.
+"""Post-training static INT8 through ONNX Runtime's QDQ quantizer (or, with format="openvino",
+NNCF on the OpenVINO IR: openvino_int8.py), calibrated on the user's data, with the accuracy it
+costs measured on held-out data, per-layer SQNR, and layers kept in float until a top-1 budget holds.
 
 Settings, and why: QDQ format (onnxruntime and OpenVINO both read it); weights INT8 symmetric
 per output channel (a depthwise conv's channels differ by orders of magnitude: one scale per
