@@ -216,8 +216,8 @@ def test_warns_about_requested_threads_and_precision(profile, tmp_path):
         load_profile(path, threads=2)
     with pytest.warns(ProfileMismatchWarning, match="measured in fp32, this run uses bf16"):
         load_profile(path, precision="bf16")
-    with pytest.raises(EffscaleError, match="precision='int8' is unknown"):
-        load_profile(path, precision="int8")
+    with pytest.raises(EffscaleError, match="precision='fp16' is unknown; allowed: fp32, bf16, int8"):
+        load_profile(path, precision="fp16")
 
 
 def test_warns_about_another_machine(profile, tmp_path):
@@ -298,7 +298,7 @@ def test_run_profile_tiny_is_real_and_loadable(tmp_path):
     loaded = load_profile(profile.save(tmp_path / "tiny.json"), threads=1, precision="fp32")
     for method in ("lut", "affine", "roofline"):
         assert math.isfinite(loaded.predict_latency(TINY, method=method)) and loaded.predict_latency(TINY) > 0
-    with pytest.raises(EffscaleError, match="precision='fp16' is unknown"):
+    with pytest.raises(EffscaleError, match="precision='fp16' is not one the torch profile measures"):
         run_profile(precision="fp16", progress=False, _tiny=True)
     with pytest.raises(EffscaleError, match="threads=0"):
         run_profile(threads=0, progress=False, _tiny=True)

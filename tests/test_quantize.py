@@ -1,13 +1,16 @@
 """INT8 post-training quantization: a trained toy model keeps its accuracy, the held-out figures
-are measured on both models, per-tensor SQNR ranks the layers, max-drop keeps layers in float."""
+are measured on both models, per-tensor SQNR ranks the layers, max-drop keeps layers in float;
+quantization-aware training simulates the same rounding and ships INT8."""
 import json
 
 import numpy as np
 import pytest
+import torch
 
+import effscale
 from effscale import EffscaleError
 from effscale.cli import main
-from effscale.export import load_exported
+from effscale.export import load_exported, read_manifest
 from effscale.export.quantize import quantize, sqnr_db
 from effscale.train import train
 from test_train import config, toy  # noqa: F401  (the toy fixture: a learnable 4-class IDX set and spec)
@@ -143,3 +146,55 @@ def test_openvino_modes_refuse_what_they_cannot_do(trained, tmp_path):
     with pytest.raises(EffscaleError, match="format 'tflite' is unknown; allowed: onnx, openvino"):
         quantize(trained, tmp_path / "d", format="tflite")
     assert not list(tmp_path.iterdir())
+
+
+# -- quantization-aware training --------------------------------------------------------------------
+def test_qat_simulation_rounds_weights_per_channel_passes_gradients_and_comes_off_cleanly():
+    from effscale.train.qat import prepare_qat, quantized_modules
+
+    torch.manual_seed(0)
+    model = effscale.create_model("efficientnet_b0", num_classes=5)
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():  # batch-norm statistics of these images: a random init's eval output is ~1e-13
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None
+        model(images)
+    model.eval()
+    float_out = model(images).detach()
+    originals = {name: module.weight.detach().clone() for name, module in quantized_modules(model)}
+    assert not any(".se." in f".{name}." for name in originals) and "classifier" in originals
+    handle = prepare_qat(model, images)
+    name, conv = next(iter(quantized_modules(model)))
+    rounded = conv.weight  # what the forward sees: each output channel on its own 255-level grid
+    for channel in range(rounded.shape[0]):
+        step = originals[name][channel].abs().max() / 127
+        levels = rounded[channel] / step
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 127 + 1e-3
+    simulated = model(images)
+    error = (simulated - float_out).norm() / float_out.norm()
+    assert 0 < error < 0.5  # INT8 noise: present, and small against the signal
+    simulated.sum().backward()  # straight-through: the float weights still get gradients
+    assert conv.parametrizations.weight.original.grad.abs().sum() > 0
+    handle.remove()
+    assert all(torch.equal(module.weight, originals[n]) for n, module in quantized_modules(model))
+    assert torch.allclose(model(images), float_out, atol=1e-5)  # the plain float model again
+
+
+def test_qat_fine_tunes_then_ships_int8(trained, toy, tmp_path):  # noqa: F811
+    from effscale.weights import model_from_file
+
+    summary = train(config(toy, tmp_path / "qat", init=str(trained), qat=True, epochs=1))
+    qat = summary["qat"]
+    assert 0 < qat["simulated_int8_top1"] <= 100 and summary["precision"] == "fp32"
+    before, after = model_from_file(trained / "model.safetensors"), model_from_file(summary["weights"])
+    assert not any("parametrizations" in key for key in after.state_dict())  # plain float weights saved
+    changed = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]
+    assert any(changed)  # it fine-tuned
+    assert qat["int8"]["drop"] == pytest.approx(qat["int8"]["fp32_top1"] - qat["int8"]["int8_top1"], abs=0.011)
+    assert read_manifest(qat["int8_dir"])["precision"] == "int8" and qat["int8"]["fp32_top1"] > 50
+    with pytest.raises(EffscaleError, match="--qat fine-tunes a trained model .* give the run or weights to "
+                                            "fine-tune with --init"):
+        train(config(toy, tmp_path / "x", qat=True))
+    with pytest.raises(EffscaleError, match="--qat simulates INT8 rounding in fp32; --precision bf16 cannot"):
+        train(config(toy, tmp_path / "y", init=str(trained), qat=True, precision="bf16"))

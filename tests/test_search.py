@@ -314,6 +314,7 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_module, "QUICK", demo_module.DemoSettings(budget="tiny", alpha_grid="1.0",
                                                                          beta_grid="1.0,1.2", targets=(2,)))
+    monkeypatch.setattr(demo_module, "SHIP_TIMING", {"budget_s": 0.2, "passes": 1})  # ratios not asserted
     from effscale.hardware import run_profile
 
     device = run_profile(_tiny=True, progress=False).save(tmp_path / "device.json")
@@ -328,6 +329,19 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
     model = model_from_file(result["weights"])
     assert model.num_classes == 10 and model.in_chans == 1
     assert (tmp_path / "search.png").exists() and (tmp_path / "study" / "accuracy_vs_macs.png").exists()
+    shipped = result["shipped"]  # step 5: the pick shipped INT8 beside fp32, with drop and speed-up
+    assert "5. Shipped: INT8 against fp32" in report
+    if "skipped" not in shipped:
+        from effscale.export import load_exported, read_manifest
+
+        accuracy = shipped["accuracy"]
+        assert accuracy["samples"] > 0 and accuracy["drop"] == pytest.approx(
+            accuracy["fp32_top1"] - accuracy["int8_top1"], abs=0.011)
+        assert read_manifest(shipped["int8_dir"])["precision"] == "int8"
+        assert load_exported(shipped["int8_dir"]).spec == model.spec
+        assert [r["batch"] for r in shipped["timings"]] == [1, 32]
+        assert all(r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"]) for r in shipped["timings"])
+        assert f"drop {accuracy['drop']:.2f} points" in report and "effscale quantize" in report
     recorded = json.loads((tmp_path / "demo.json").read_text())["peak_rss_bytes"]
     assert recorded == result["peak_rss_bytes"] and 50e6 < recorded < 1e12  # torch alone is > 50 MB
 

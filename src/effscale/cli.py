@@ -147,13 +147,19 @@ def cmd_train(args) -> None:
     options = {key: getattr(args, key) for key in (
         "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
         "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
-        "distill_alpha", "distill_temperature", "threads")}
+        "distill_alpha", "distill_temperature", "threads", "qat")}
     summary = train(TrainConfig(**options, command=_command_line(args)))
     if args.json:
         return _print_json(summary)
     print(f"test top-1 {summary['test_top1']:.2f} %, top-5 {summary['test_top5']:.2f} % | "
           f"params {_human(summary['params'])} | MACs {_human(summary['macs'])} | {summary['steps']} steps in "
           f"{summary['wall_s']:.0f} s | weights: {summary['weights']}")
+    qat = summary.get("qat")
+    if qat and qat.get("int8"):
+        print(f"QAT: INT8 top-1 {qat['int8']['int8_top1']:.2f} % vs its fp32 {qat['int8']['fp32_top1']:.2f} % on "
+              f"{qat['int8']['samples']} held-out images (drop {qat['int8']['drop']:.2f}): {qat['int8_dir']}")
+    elif qat:
+        print(f"QAT: not quantized ({qat['note']}); later: {qat['int8_command']}")
 
 
 def cmd_eval(args) -> None:
@@ -280,7 +286,7 @@ def cmd_demo(args) -> None:
     from .search import run_demo
 
     result = run_demo(args.out, quick=args.quick, latency_ms=args.latency_ms, device=args.device,
-                      progress=not args.json, time_budget_s=args.time_budget)
+                      progress=not args.json, time_budget_s=args.time_budget, ship=not args.no_ship)
     if args.json:
         return _print_json(result)
     rule, chosen = result["rule"], result["chosen"]
@@ -290,6 +296,12 @@ def cmd_demo(args) -> None:
           f"{chosen['remeasured_ms']:.2f} ms, top-1 {chosen['top1']:.2f} %)"
           + ("" if chosen["fits"] else "; re-measured OVER the budget: latency moved on this machine "
                                       "since the study measured it (see the report)"))
+    shipped = result.get("shipped") or {}
+    if "accuracy" in shipped:
+        accuracy = shipped["accuracy"]
+        print(f"INT8 ({shipped['runtime']}): drop {accuracy['drop']:.2f} top-1 points, speed-up over fp32 "
+              + ", ".join(f"{r['speedup']:.2f}x at batch {r['batch']}" for r in shipped["timings"])
+              + f": {shipped['int8_dir']}")
     print(f"weights: {result['weights']}\nreport:  {result['report']}")
 
 
@@ -308,12 +320,16 @@ def cmd_profile(args) -> None:
     else:
         check_writable_file(args.out, "--out")
         profile = run_profile(threads=args.threads, precision=args.precision, quick=args.quick,
-                              progress=not args.json, strict=args.strict, _tiny=args.tiny)
+                              progress=not args.json, strict=args.strict, runtime=args.runtime, _tiny=args.tiny)
         path = profile.save(args.out)
     if args.json:
         return _print_json(profile.to_dict())
+    layout = "channels_last" if profile.channels_last else "NCHW"
+    if profile.runtime != "torch":
+        layout = f"{profile.runtime} {profile.machine.get('runtime_version', '')}, float ops " \
+                 f"{profile.machine.get('float_ops', '?')}"
     print(f"{path}: {profile.machine['cpu']}, {profile.threads} thread(s), {profile.precision}, "
-          f"{'channels_last' if profile.channels_last else 'NCHW'} | peak {_human(profile.peak_flops, 'FLOP/s')} | "
+          f"{layout} | peak {_human(profile.peak_flops, 'FLOP/s')} | "
           f"bandwidth {_human(profile.bandwidth, 'B/s')} | {len(profile.layers)} layer units")
     fits = profile.member_fits()
     methods = list(fits[0]["predicted_ms"])
@@ -333,7 +349,7 @@ def cmd_plan(args) -> None:
                   sustained=args.sustained, batch=args.batch, free_coefficients=args.free_coefficients,
                   accuracy=args.accuracy_from, base=resolve_image_spec(args.base), rule=_rule(args),
                   verify=not args.no_verify, anchor=not args.no_anchor,
-                  method=args.method, spec_out=args.spec_out,
+                  method=args.method, spec_out=args.spec_out, export_dir=args.export,
                   progress=not args.json and sys.stderr.isatty()).to_dict()
     if args.json:
         return _print_json(result)
@@ -366,6 +382,12 @@ def cmd_plan(args) -> None:
         print("predictions re-anchored x{:.3f}: ".format(anchor["factor"])
               + ", ".join(f"{m['name']} {m['measured_ms']:.3g} ms now vs {m['profiled_ms']:.3g} ms profiled"
                           for m in anchor["members"]))
+    if result["export"]:
+        shipped = result["export"]
+        parity = shipped["parity"]
+        print(f"shipped to {shipped['dir']}: {shipped['runtime']} {shipped['precision']} (float ops "
+              f"{shipped['inference_precision'] or 'fp32'}), parity max rel {parity['max_rel']:.2g}, measured "
+              f"{shipped['measured_ms']:.3g} ms -- {'fits' if shipped['fits'] else 'OVER the budget'}")
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"train it: {result['train_command']}")
@@ -445,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distill-temperature", type=float, default=4.0)
     train.add_argument("--threads", type=_threads_arg, default=None, metavar="N|auto",
                        help="CPU threads; auto (default): all cores, fewer while other processes keep some busy")
+    train.add_argument("--qat", action="store_true",
+                       help="quantization-aware fine-tune of --init (INT8 rounding simulated; default lr a tenth of "
+                            "the recipe's), then quantize it into OUT/int8 with the accuracy measured")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -533,13 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--time-budget", type=float, metavar="SECONDS",
                       help="finish within this many seconds: the demo times this machine first and scales its "
                            "proxy budget and targets down to fit (default 600, --quick 120)")
+    demo.add_argument("--no-ship", action="store_true",
+                      help="skip the last step (the chosen model exported fp32 and INT8, accuracy drop and speed-up)")
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
     profile = commands.add_parser("profile", help="measure this machine for latency prediction (device.json)")
     profile.add_argument("--out", default="device.json", help="where to write the profile (default device.json)")
     profile.add_argument("--threads", type=int, help="torch threads to measure with (default: torch's default)")
-    profile.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    profile.add_argument("--runtime", choices=["torch", "openvino", "onnxruntime"], default="torch",
+                         help="what to profile: eager torch (default), or the deploy runtime with models built as "
+                              "they ship (exported, INT8-quantized; needs the export extra)")
+    profile.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                         help="torch: fp32, bf16; openvino: fp32, bf16, int8; onnxruntime: fp32, int8")
     profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats (< 3 minutes)")
     profile.add_argument("--show", metavar="PATH", help="validate and summarise a saved profile instead of measuring")
     profile.add_argument("--strict", action="store_true",
@@ -576,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="predict at the profile's saved level instead of re-timing two of its networks first "
                            "(a second or two) to predict at this machine's level now")
     plan.add_argument("--spec-out", metavar="FILE", help="write the chosen spec text here (for the train command)")
+    plan.add_argument("--export", metavar="DIR",
+                      help="ship the chosen model to DIR for the profile's runtime and precision (export, quantize, "
+                           "parity check, measure); needs a runtime profile (profile --runtime)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=cmd_plan)
     return parser

@@ -137,13 +137,14 @@ def _check_out(out) -> Path:
 
 def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
     """(the model, how to describe its origin, its class names if known)."""
-    from ..model import create_model
     from ..weights import TORCH_SUFFIXES, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
     if isinstance(source, nn.Module):
         if not isinstance(getattr(source, "spec", None), NetworkSpec):
             raise EffscaleError(f"expected an effscale model, got {type(source).__name__}")
         return source, f"a built model ({source.spec.name})", None
+    if isinstance(source, NetworkSpec):  # a spec object: like a spec file, random initial weights
+        return _random_model(source, model)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"export() takes a weights file, run directory, model or model name; "
                         f"got {type(source).__name__}")
@@ -167,8 +168,17 @@ def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
         return model_from_checkpoint(path, model), f"{path} ({model})", None
     if model is not None:
         raise EffscaleError(f"weights {str(source)!r} do not exist")
-    warnings.warn(f"{source!r} is a model, not weights: exporting its random initial weights", UserWarning,
-                  stacklevel=3)
+    return _random_model(source, model)
+
+
+def _random_model(source, model) -> tuple[nn.Module, str, None]:
+    from ..model import create_model
+
+    if model is not None:
+        raise EffscaleError("model= names the architecture of a checkpoint; a spec needs none")
+    name = source.name if isinstance(source, NetworkSpec) else source
+    warnings.warn(f"{name!r} is a model, not weights: exporting its random initial weights", UserWarning,
+                  stacklevel=4)
     built = create_model(source)
     return built, f"{built.spec.name} (random initial weights, no checkpoint)", None
 

@@ -19,6 +19,8 @@ for the torch runtime and for re-checking parity) and this manifest, version 1:
     source           what was exported (weights file, model name)
     parity           {"batch", "max_abs", "max_rel", "top1_agreement", "passed", "tolerance",
                      "torch_fp32_rel", "problems", "runtime": {"runtime", "version", "precision"}}
+    inference_precision  (optional) what OpenVINO runs float ops in: "fp32" | "bf16"
+    measured         (optional, `plan --export`) {"batch", "threads", "median_ms", "runtime"}: its latency here
     effscale, torch  the versions that wrote it
 """
 from __future__ import annotations

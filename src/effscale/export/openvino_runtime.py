@@ -38,8 +38,13 @@ def weight_compressed(model) -> bool:
 
 
 class OpenVINOModel:
-    def __init__(self, ov, path: Path, hint: str, streams: int):
+    """`threads`: CPU threads in all (default: OpenVINO's choice, every core). `profiling`: compile
+    with OpenVINO's per-node counters on (`node_times()`), as a runtime profile reads them."""
+
+    def __init__(self, ov, path: Path, hint: str, streams: int, threads: int | None = None,
+                 profiling: bool = False):
         self.core, self.hint, self.streams = ov.Core(), hint, max(1, int(streams))
+        self.threads, self.profiling = threads, profiling
         self.model = self.core.read_model(str(path))
         if weight_compressed(self.model):
             self.streams = 1
@@ -62,9 +67,14 @@ class OpenVINOModel:
         model.reshape({model.inputs[0]: [batch // streams, *shape[1:]]})
         config = {"INFERENCE_PRECISION_HINT": self.hint}
         if streams > 1:
-            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams, INFERENCE_NUM_THREADS=streams)
+            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams,
+                          INFERENCE_NUM_THREADS=max(streams, self.threads or streams))
         else:
             config.update(PERFORMANCE_HINT="LATENCY")
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.profiling:
+            config["PERF_COUNT"] = True
         compiled = self.core.compile_model(model, "CPU", config)
         entry = (compiled, [compiled.create_infer_request() for _ in range(streams)])
         self.compiled[shape] = entry
@@ -84,6 +94,14 @@ class OpenVINOModel:
             request.wait()
         return [np.concatenate([np.array(request.get_tensor(output).data) for request in requests])
                 for output in compiled.outputs]
+
+    def node_times(self) -> list[tuple[str, float]]:
+        """(node type, ms) of every node the last call executed, in execution order (profiling=True)."""
+        if not self.profiling or not self.compiled:
+            raise RuntimeError("node_times() needs profiling=True and one call first")
+        requests = next(reversed(self.compiled.values()))[1]
+        return [(info.node_type, info.real_time.total_seconds() * 1e3) for info in requests[0].get_profiling_info()
+                if str(info.status).endswith("EXECUTED")]
 
 
 __all__ = ["OpenVINOModel", "usable_cpus"]

@@ -48,14 +48,16 @@ def has_vnni() -> bool:
 
 def quantize(source, out: str | os.PathLike, *, format: str = "onnx", weights_only: bool = False,
              calib: str | None = None, samples: int = CALIBRATION_SAMPLES, eval_samples: int = EVAL_SAMPLES,
-             analyze: bool = False, max_drop: float | None = None, model=None) -> dict:
+             analyze: bool = False, max_drop: float | None = None, model=None, float_out=None) -> dict:
     """Quantize `source` (what `export` takes: weights file, run directory, ...) to an INT8 artifact
     in `out`; returns its manifest, whose "quantization" entry holds the settings, the measured
     accuracy and, with `analyze`, the per-layer SQNR.
 
     `format`: "onnx" (ONNX Runtime's QDQ quantizer; runs on onnxruntime and openvino) or "openvino"
     (NNCF on the OpenVINO IR: the faster INT8 on OpenVINO). `weights_only` (openvino): INT8 weights,
-    float activations (bf16 where native), no calibration needed but accuracy still measured."""
+    float activations (bf16 where native), no calibration needed but accuracy still measured.
+    `float_out`: also keep the (parity-checked) fp32 artifact quantize starts from there, e.g. to
+    compare the two (export/compare.py); same rules as `out`."""
     for name, value, low in (("samples", samples, 1), ("eval_samples", eval_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise EffscaleError(f"{name}={value!r} must be an integer >= {low}")
@@ -73,6 +75,7 @@ def quantize(source, out: str | os.PathLike, *, format: str = "onnx", weights_on
         raise EffscaleError("the per-tensor SQNR (analyze) is measured with ONNX Runtime's debugger on the QDQ "
                             "model: use format='onnx' (--format onnx) for --analyze")
     out = _check_out(out)
+    float_out = _check_out(float_out) if float_out is not None else None
     require_module("onnxruntime.quantization" if format == "onnx" else "nncf", "INT8 quantization")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -101,6 +104,15 @@ def quantize(source, out: str | os.PathLike, *, format: str = "onnx", weights_on
             manifest.pop(key, None)
         write_manifest(artifact, manifest)
         _permissions_as_umask(artifact)
+        if float_out is not None:
+            float_manifest = read_manifest(float_dir)
+            float_manifest.update(source=described, classes=classes)
+            write_manifest(float_dir, float_manifest)
+            _permissions_as_umask(float_dir)
+            if float_out.exists():
+                float_out.rmdir()
+            float_out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(float_dir, float_out)
         if out.exists():
             out.rmdir()
         os.replace(artifact, out)

@@ -59,28 +59,37 @@ def open_runner(directory: Path, manifest: dict, runtime: str, precision: str | 
         raise EffscaleError(f"{runtime} cannot load {str(path)!r} ({first}); export it again") from None
 
 
-def onnxruntime_runner(path: Path, output_names: list[str] | None = None):
+def onnxruntime_runner(path: Path, output_names: list[str] | None = None, threads: int | None = None,
+                       profile_prefix: str | None = None):
     """An ONNX file on ONNX Runtime's CPU provider: (run(batch) -> outputs, what ran); all outputs
-    when `output_names` is None."""
+    when `output_names` is None. `threads`: intra-op threads (default: ONNX Runtime's, every core).
+    `profile_prefix`: write ONNX Runtime's per-node trace there (`run.session.end_profiling()`)."""
     ort = require_module("onnxruntime", "running an ONNX artifact")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+    if threads:
+        options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
         return list(session.run(output_names, {input_name: np.ascontiguousarray(batch, dtype=np.float32)}))
 
+    run.session = session
     return run, {"runtime": "onnxruntime", "version": ort.__version__, "precision": "fp32"}
 
 
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def openvino_runner(path: Path, precision: str = "fp32", streams: int | None = None):
+def openvino_runner(path: Path, precision: str = "fp32", streams: int | None = None, threads: int | None = None,
+                    profiling: bool = False):
     """An OpenVINO IR (or ONNX) file on OpenVINO's CPU plugin with float ops in `precision`; a batch
     of at least `streams` images (default: the usable cores) is split over that many streams
-    (openvino_runtime.OpenVINOModel)."""
+    (openvino_runtime.OpenVINOModel, which also takes `threads` and `profiling`)."""
     if precision not in OPENVINO_HINTS:
         raise EffscaleError(f"precision {precision!r} is not one OpenVINO runs float ops in; allowed: "
                             f"{', '.join(OPENVINO_HINTS)}")
@@ -89,7 +98,7 @@ def openvino_runner(path: Path, precision: str = "fp32", streams: int | None = N
 
     # OpenVINO runs CPUs with native bf16 in bf16 unless told otherwise: the precision is always given,
     # and the one that actually ran is read back, not assumed (without native bf16 a bf16 hint runs f32).
-    model = OpenVINOModel(ov, path, OPENVINO_HINTS[precision], streams or usable_cpus())
+    model = OpenVINOModel(ov, path, OPENVINO_HINTS[precision], streams or usable_cpus(), threads, profiling)
     ran = _precision_name(model.precision())
     return model, {"runtime": "openvino", "version": ov.__version__, "precision": ran}
 

@@ -5,7 +5,7 @@ mismatches), `DeviceProfile.predict_latency(spec)` predicts, `prepare()` / `meas
 build and time a model exactly as the profile does.
 """
 from .latency import DEFAULT_METHOD, METHODS, network_units
-from .microbench import run_profile
+from .runtime_profile import run_profile
 from .profile import DeviceProfile, ProfileMismatchWarning, load_profile, machine_description
 from .runtime import LatencyMeasurement, measure_latency, prepare
 from .budgets import energy_per_inference, measure_peak_memory, predict_peak_memory, training_carbon

@@ -71,14 +71,20 @@ def measure_anchor(profile, *, count: int = ANCHOR_MEMBERS, budget_s: float = AN
     import torch
 
     from ..spec import NetworkSpec
-    from .runtime import example_input, measure_in_passes, prepare, torch_threads
+    from ..timing import measure_in_passes
+    from .runtime import example_input, prepare, torch_threads
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise EffscaleError(f"count={count!r} must be an integer >= 1")
     start = time.perf_counter()
     members = anchor_members(profile, count)
     calls = []
-    for member in members:
+    if getattr(profile, "runtime", "torch") != "torch":  # built as the runtime profile built them
+        from .deployed import RuntimeNetwork
+
+        calls = [RuntimeNetwork(NetworkSpec.from_text(m["spec"]), profile.runtime, profile.precision, profile.threads,
+                                batch=m["batch"], counted=False) for m in members]
+    for member in [] if calls else members:
         spec = NetworkSpec.from_text(member["spec"])
         model, x = prepare(spec, profile), example_input(profile, 3, spec.resolution, member["batch"])
         calls.append(lambda model=model, x=x: model(x))

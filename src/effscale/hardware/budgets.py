@@ -75,7 +75,7 @@ from ..spec import NetworkSpec
 
 MB = 1e6  # budgets are in SI megabytes and millijoules, like the rest of effscale's figures
 
-PRECISION_DTYPE = {"fp32": "fp32", "bf16": "bf16"}
+PRECISION_DTYPE = {"fp32": "fp32", "bf16": "bf16", "int8": "int8"}  # int8: runtime profiles
 EAGER_ACTIVATION_FACTOR = 1.5
 RUNTIME_ALLOWANCE_BYTES = {True: 10 * MB, False: 15 * MB}  # keyed by channels_last
 BUILD_ALLOWANCE_BYTES = 10 * MB
@@ -84,6 +84,7 @@ BUILD_ALLOWANCE_BYTES = 10 * MB
 OP_ENERGY_PJ = {
     "fp32": {"mult": 3.7, "add": 0.9},
     "bf16": {"mult": 1.1, "add": 0.4},  # the fp16 row: no bf16 figure in the table
+    "int8": {"mult": 0.2, "add": 0.03},  # 8-bit integer (INT8 runtime profiles)
 }
 DRAM_PJ_PER_BYTE = 640 / 4  # 32-bit DRAM read
 SRAM_PJ_PER_BYTE = 5 / 4  # 32-bit read from an 8 KB SRAM

@@ -35,7 +35,8 @@ from ..errors import EffscaleError
 from ..progress import ProgressBar
 from .latency import LayerTable, Unit, fit_affine, fit_calibration, network_units
 from .profile import PRECISIONS, DeviceProfile, ProfileInterferenceWarning, machine_description
-from .runtime import LatencyMeasurement, example_input, measure_in_passes, prepare, time_call, torch_threads
+from ..timing import LatencyMeasurement, measure_in_passes, time_call
+from .runtime import example_input, prepare, torch_threads
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,9 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
     from .conditions import Watch
 
     if precision not in PRECISIONS:
-        raise EffscaleError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        extra = " (int8 is a deploy runtime's: --runtime openvino or onnxruntime)" if precision == "int8" else ""
+        raise EffscaleError(f"precision={precision!r} is not one the torch profile measures; allowed: "
+                            f"{', '.join(PRECISIONS)}{extra}")
     threads = torch.get_num_threads() if threads is None else threads
     plan = PLANS["tiny" if tiny else "quick" if quick else "full"]
     specs = member_specs(plan)
@@ -261,21 +264,33 @@ def measure_profile(*, threads: int | None, precision: str, quick: bool, progres
     layers = [{**unit.to_dict(), **_times(m)} for unit, m in units]
     members = [{"name": s.name, "spec": s.to_text(), "batch": 1, "macs": cost(s).macs, **_times(m)}
                for s, m in zip(specs, member_times)]
-    machine = machine_description()
-    conditions = watch.finish(members=members, peak_flops_start=flops, peak_flops_end=flops_end,
+    return assemble_profile(watch, machine_description(), layers, members, threads=threads, precision=precision,
+                            channels_last=channels_last, peaks=(flops, flops_end, bytes_per_s), quick=quick,
+                            created=created, strict=strict)
+
+
+def assemble_profile(watch, machine: dict, layers: list[dict], members: list[dict], *, threads: int, precision: str,
+                     channels_last: bool, peaks: tuple, quick: bool, created: str, strict: bool,
+                     runtime: str = "torch", judge_peaks: bool = True) -> DeviceProfile:
+    """The profile from its measurements: conditions judged (warned, or refused with `strict`),
+    the lookup table, affine model and calibration fitted. `peaks`: (FLOP/s at the start, at the
+    end or None, bytes/s); `judge_peaks=False` leaves them out of the conditions (test-sized)."""
+    flops, flops_end, bytes_per_s = peaks
+    conditions = watch.finish(members=members, peak_flops_start=flops if judge_peaks else None,
+                              peak_flops_end=flops_end if judge_peaks else None,
                               cpu_flags=machine["cpu_flags"], cores=min(threads, machine["usable_cpus"]))
     if conditions["problems"]:
         message = ("the machine was busy while it was profiled: " + "; ".join(conditions["problems"])
                    + "; the profile records it slower than it is")
         if strict:
             raise EffscaleError(message + " (not saved; profile again on a quiet machine, or drop --strict)")
-        warnings.warn(message + " (recorded in the profile's `conditions`)", ProfileInterferenceWarning, stacklevel=3)
+        warnings.warn(message + " (recorded in the profile's `conditions`)", ProfileInterferenceWarning, stacklevel=4)
     table = LayerTable.fit(layers)
     return DeviceProfile(
         machine=machine, threads=threads, precision=precision, channels_last=channels_last,
         peak_flops=max(flops, flops_end or 0.0), bandwidth=bytes_per_s, layers=layers, members=members,
         affine=fit_affine(members), calibration=fit_calibration(table, members, precision), quick=quick,
-        created=created, conditions=conditions)
+        created=created, conditions=conditions, runtime=runtime)
 
 
 @dataclass(frozen=True)
@@ -290,21 +305,3 @@ class _Settings:
 def _times(measurement: LatencyMeasurement) -> dict:
     return {"median_ms": measurement.median_ms, "p25_ms": measurement.p25_ms, "p75_ms": measurement.p75_ms,
             "repeats": len(measurement.samples)}
-
-
-def run_profile(*, threads: int | None = None, precision: str = "fp32", quick: bool = False,
-                progress: bool = True, channels_last: bool = True, strict: bool = False,
-                _tiny: bool = False) -> DeviceProfile:
-    """Measure this machine: micro-benchmarks, per-layer units, whole networks; fit the models.
-
-    `threads`: torch intra-op threads for every measurement (default: torch's current setting).
-    `quick`: fewer shapes, members and repeats (< 3 minutes on 2 cores). `_tiny` is for tests:
-    test-sized shapes, seconds in all; its profile is valid but predicts nothing useful.
-
-    Interference (conditions.py: other processes' CPU time, steal, the spread of repeats, peaks
-    moving during the run) is recorded in `conditions` and warned about
-    (`ProfileInterferenceWarning`); `strict=True` raises EffscaleError instead, before any
-    measuring when the machine is already busy.
-    """
-    return measure_profile(threads=threads, precision=precision, quick=quick, progress=progress,
-                           channels_last=channels_last, tiny=_tiny, strict=strict)

@@ -57,6 +57,14 @@ Before predicting, the profile is re-anchored (`anchor=True`, anchor.py): one or
 networks are re-timed (a second or two) and the latency predictions scaled by measured /
 profiled, so that a machine running faster or slower than when it was profiled is planned for as
 it is now. The anchor is recorded in the result.
+
+On the runtime you ship on
+--------------------------
+A runtime profile (`effscale profile --runtime openvino --precision int8`, runtime_profile.py)
+plans for that runtime and precision with no change here: its predictors are fitted to the
+runtime's own timings, and verification and anchoring build each timed model as it ships
+(exported, parity-checked, quantized; ~10-30 s per model before timing). `export_dir` then ships
+the chosen spec there (export/ship.py) and times the artifact itself.
 """
 from __future__ import annotations
 
@@ -101,6 +109,9 @@ class PlanResult:
     accuracy_curve: dict | None = None
     carbon: dict | None = None
     anchor: dict | None = None  # anchor.Anchor.to_dict() of the re-anchored profile, None when not anchored
+    runtime: str = "torch"  # what the latencies are for: the profile's runtime and precision
+    precision: str = "fp32"
+    export: dict | None = None  # plan(export_dir=...): the shipped artifact, its parity and measured latency
 
     @property
     def name(self) -> str:
@@ -116,6 +127,7 @@ class PlanResult:
             "sustained": self.sustained, "expected_top1": self.expected_top1, "budgets": self.budgets,
             "attempts": self.attempts, "train_command": self.train_command, "notes": self.notes,
             "accuracy_curve": self.accuracy_curve, "carbon": self.carbon, "anchor": self.anchor,
+            "runtime": self.runtime, "precision": self.precision, "export": self.export,
         }
 
 
@@ -155,7 +167,7 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
          rule: ScalingRule | None = None, utility: Utility | None = None, verify: bool = True,
          method: str | None = None, spec_out: str | Path | None = None, train_data: str = "fashion-mnist",
          carbon: dict | None = None, max_attempts: int = MAX_ATTEMPTS, progress=False,
-         anchor: bool = True) -> PlanResult:
+         anchor: bool = True, export_dir: str | Path | None = None) -> PlanResult:
     """The model with the largest expected accuracy under every given budget (module docstring).
 
     Budgets: `latency_ms` per call on `batch` images (with `sustained`, a thermal preset name,
@@ -167,10 +179,15 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
     training run's carbon to the result. `progress`: True (messages on stderr) or a callable.
     `anchor`: re-time one or two of the profile's networks first and predict at today's level
     (module docstring; skipped when there is no latency budget or the profile is already anchored).
+    `export_dir`: end by shipping the chosen spec to that artifact directory for the profile's runtime
+    and precision (export/ship.py: exported, parity-checked, quantized for INT8, timed there); needs
+    a runtime profile (`effscale profile --runtime ...`).
     """
     say = _progress_printer(progress)
     if spec_out is not None:
         check_writable_file(spec_out, "spec_out")  # before minutes of searching and measuring
+    if export_dir is not None:
+        _check_export(profile, export_dir)
     latency_ms = _check_budget("latency_ms", latency_ms)
     memory_mb = _check_budget("memory_mb", memory_mb)
     energy_mj = _check_budget("energy_mj", energy_mj)
@@ -252,6 +269,24 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
             raise EffscaleError(f"cannot write the spec to {spec_out}: {error.strerror or error}") from None
     if curve is not None and curve.extrapolated(chosen.macs):
         notes.append("expected top-1 is outside the MACs range the accuracy rows cover (held flat there)")
+    shipped = None
+    if export_dir is not None:
+        from ..export.ship import ship_spec
+
+        say(f"shipping {chosen.spec.name} to {export_dir} ({profile.runtime} {profile.precision}): export, parity, "
+            "quantize, measure")
+        shipped = ship_spec(chosen.spec, export_dir, runtime=profile.runtime, precision=profile.precision,
+                            batch=batch, threads=profile.threads)
+        shipped_fits = latency_ms is None or shipped["measured_ms"] <= latency_ms
+        shipped = {"dir": str(export_dir), "runtime": profile.runtime, "precision": profile.precision,
+                   "parity": shipped["manifest"]["parity"], "measured_ms": shipped["measured_ms"],
+                   "fits": shipped_fits, "inference_precision": shipped["manifest"].get("inference_precision"),
+                   "retrain": shipped["retrain"]}
+        if not shipped_fits:
+            notes.append(f"the shipped artifact took {shipped['measured_ms']:.3g} ms, over the "
+                         f"{latency_ms:g} ms budget (verification timed the same build: the machine's speed moved?)")
+        notes.append(f"{export_dir} holds random initial weights (the plan comes before training); after training "
+                     f"ship the trained weights: {shipped['retrain']}")
     latency_for_heat = measured_ms if measured_ms is not None else checker.predicted(chosen)
     return PlanResult(
         spec=chosen.spec, mode=("free" if free_coefficients else "compound") + ("+accuracy" if curve else ""),
@@ -264,7 +299,25 @@ def plan(profile, *, latency_ms: float | None = None, memory_mb: float | None = 
         attempts=attempts, train_command=command, notes=notes + command_notes,
         accuracy_curve=curve.to_dict() if curve else None,
         carbon=budgets.training_carbon(chosen.spec, profile, **carbon) if carbon else None,
-        anchor=profile.anchor.to_dict() if getattr(profile, "anchor", None) is not None else None)
+        anchor=profile.anchor.to_dict() if getattr(profile, "anchor", None) is not None else None,
+        runtime=getattr(profile, "runtime", "torch"), precision=getattr(profile, "precision", "fp32"),
+        export=shipped)
+
+
+def _check_export(profile, export_dir) -> None:
+    """Before any searching: a runtime profile, the export extra, a usable directory."""
+    from ..export.artifact import _check_out
+    from ..export.runtimes import require_module
+
+    runtime = getattr(profile, "runtime", "torch")
+    if runtime == "torch":
+        raise EffscaleError("export_dir (--export) ships the plan for the runtime it was profiled on, and this "
+                            "profile times eager torch: profile the deploy runtime first (effscale profile --runtime "
+                            "openvino --precision int8), or export a trained model with `effscale export`")
+    require_module(runtime, "shipping the plan")
+    if profile.precision == "int8":
+        require_module("nncf" if runtime == "openvino" else "onnxruntime.quantization", "INT8 quantization")
+    _check_out(export_dir)
 
 
 def _verify(ranked: list[Candidate], smallest: Candidate, checker: _Budgets, max_attempts: int, say):

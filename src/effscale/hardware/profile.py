@@ -10,8 +10,9 @@ The JSON (version 1), one object:
     version        1
     machine        {"cpu", "physical_cores", "logical_cores", "usable_cpus", "torch", "platform", "cpu_flags"}
     threads        torch intra-op threads every measurement used
-    precision      "fp32" | "bf16" (bf16: weights and activations in bfloat16, prepare_for_inference(bf16=True))
-    channels_last  model and inputs in channels_last
+    precision      "fp32" | "bf16" (bf16: weights and activations in bfloat16, prepare_for_inference(bf16=True));
+                   a runtime profile also "int8" (the shipped INT8 recipe, export/timing.py)
+    channels_last  model and inputs in channels_last (torch profiles; a runtime picks its own layout)
     peak_flops     FLOP/s, best of the matmul / dense-conv micro-benchmarks
     bandwidth      bytes/s, best of the copy / add micro-benchmarks
     layers         one row per distinct layer unit, timed inside the running grid networks
@@ -23,6 +24,9 @@ The JSON (version 1), one object:
     calibration    {"scale", "overhead_ms"}: network latency = scale * (sum of layer units) + overhead
     quick          True for a `--quick` profile (fewer shapes and repeats)
     created        ISO 8601 time of the measurement
+    runtime        (optional, default "torch") what ran the networks: "torch" (eager, `prepare`), or a deploy
+                   runtime, "openvino" | "onnxruntime" (runtime_profile.py: artifacts as shipped, units from
+                   the runtime's node counters); machine then also has "runtime_version" and "float_ops"
     conditions     (optional) how quiet the machine was (conditions.py): others_cores, steal_fraction,
                    load_avg_start / _end, member_spread, peak_flops_start / _end, nominal_peak_flops,
                    and `problems`, one line per sign of interference (empty when quiet)
@@ -44,7 +48,9 @@ from ..cpuload import cpu_info
 from ..errors import EffscaleError
 
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # torch's; a deploy runtime's are export.timed.RUNTIME_PRECISIONS
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+RUNTIME_PRECISIONS = {"torch": PRECISIONS, "openvino": ("fp32", "bf16", "int8"), "onnxruntime": ("fp32", "int8")}
 LATENCY_METHODS = ("lut", "affine", "roofline")
 
 
@@ -99,6 +105,7 @@ class DeviceProfile:
     quick: bool = False
     created: str = ""
     conditions: dict | None = None
+    runtime: str = "torch"
     version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -111,6 +118,8 @@ class DeviceProfile:
         data = dataclasses.asdict(self)
         if data["conditions"] is None:  # profiles from before interference detection have none
             del data["conditions"]
+        if data["runtime"] == "torch":  # torch profiles read as they did before runtimes existed
+            del data["runtime"]
         return {"version": data.pop("version"), **data}
 
     def save(self, path) -> Path:
@@ -179,7 +188,21 @@ class DeviceProfile:
                             f"{here['usable_cpus']} usable CPUs")
         if there["torch"] != here["torch"]:
             problems.append(f"profile was measured with torch {there['torch']}, this run has torch {here['torch']}")
+        if self.runtime != "torch" and there.get("runtime_version"):
+            installed = _installed_version(self.runtime)
+            if installed != there["runtime_version"]:
+                problems.append(f"profile was measured with {self.runtime} {there['runtime_version']}, this machine "
+                                f"has {installed or 'none installed'}")
         return problems
+
+
+def _installed_version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -245,7 +268,7 @@ _FIELDS = {
                                                 f"{SCHEMA_VERSION}; re-run `effscale profile`)"),
     "machine": (lambda v: isinstance(v, dict), "an object", _MACHINE_FIELDS),
     "threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "precision": (lambda v: v in ("fp32", "bf16", "int8"), "one of fp32, bf16, int8 (int8: runtime profiles)"),
     "channels_last": (lambda v: isinstance(v, bool), "true or false"),
     "peak_flops": (_positive, "a number > 0 (FLOP/s)"),
     "bandwidth": (_positive, "a number > 0 (bytes/s)"),
@@ -263,6 +286,7 @@ _CONDITIONS_FIELDS = {
 }
 _OPTIONAL_FIELDS = {
     "conditions": (lambda v: isinstance(v, dict), "an object", _CONDITIONS_FIELDS),
+    "runtime": (lambda v: v in RUNTIMES, f"one of {', '.join(RUNTIMES)}"),
 }
 
 
@@ -296,6 +320,10 @@ def _validate(data, where: str) -> None:
     _check_fields(data, _FIELDS, where)
     _check_fields({k: v for k, v in data.items() if k in _OPTIONAL_FIELDS and v is not None},
                   {k: f for k, f in _OPTIONAL_FIELDS.items() if data.get(k) is not None}, where)
+    runtime = data.get("runtime") or "torch"
+    if data["precision"] not in RUNTIME_PRECISIONS[runtime]:
+        raise EffscaleError(f"{where}: precision {data['precision']!r} is not one a {runtime} profile measures "
+                            f"(allowed: {', '.join(RUNTIME_PRECISIONS[runtime])})")
     unknown = sorted(set(data) - set(_FIELDS) - set(_OPTIONAL_FIELDS))
     if unknown:
         raise EffscaleError(f"{where}: unknown field {unknown[0]!r} "
@@ -306,8 +334,8 @@ def load_profile(path, *, precision: str | None = None, threads: int | None = No
     """Read and validate a profile; warn (ProfileMismatchWarning) about every difference from
     this machine (`DeviceProfile.compatibility`) and from the requested precision / threads."""
     path = Path(path)
-    if precision is not None and precision not in PRECISIONS:
-        raise EffscaleError(f"precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in ("fp32", "bf16", "int8"):
+        raise EffscaleError(f"precision={precision!r} is unknown; allowed: fp32, bf16, int8")
     if threads is not None and (not _is_int(threads) or threads < 1):
         raise EffscaleError(f"threads={threads!r} must be an integer >= 1")
     try:

@@ -5,7 +5,10 @@
    depth-only, width-only and resolution-only scaling (a study at targets 2, 4, 8 = phi 1, 2, 3);
 3. the best of those models under a latency budget on this machine, checked by measurement;
 4. its weights, ready for `effscale predict` / `effscale eval`, and a report with the commands
-   that reproduce every number.
+   that reproduce every number;
+5. that model shipped: exported fp32 and INT8 (OpenVINO + NNCF where installed, else ONNX Runtime)
+   with the INT8 accuracy drop on the held-out split and the speed-up over fp32 on the same
+   runtime (export/compare.py). Skipped, and said so in the report, without the export extra.
 Every step writes its results as it goes; running the demo again with the same --out resumes.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from ..errors import EffscaleError
 
 DATA = "fashion-mnist"
+SHIP_TIMING = {"budget_s": 2.0, "passes": 4}  # step 5's fp32 / INT8 timing (export/compare.py)
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,12 @@ def _size_to_machine(settings: DemoSettings, time_budget_s: float, device: str |
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: float | None = None,
-             device: str | None = None, progress: bool = True, time_budget_s: float | None = None) -> dict:
+             device: str | None = None, progress: bool = True, time_budget_s: float | None = None,
+             ship: bool = True) -> dict:
     """The demo (module docstring). `time_budget_s` (default 600, `quick` 120): the proxy budget and
     targets are scaled down to finish within it on this machine (sizing.py; 0 or less is refused,
-    None the default); the result's `sizing` says what was scaled down."""
+    None the default); the result's `sizing` says what was scaled down.
+    `ship=False` skips step 5 (INT8)."""
     from .coefficients import SearchConfig, rule_from, search
     from .family import LAB_BASE
     from .study import StudyConfig, measure_latency_ms, run_study
@@ -136,7 +142,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     started = time.perf_counter()
     timings = {}
 
-    _say(f"[0/4] sizing the demo to this machine (time budget {time_budget_s:g} s)")
+    _say(f"[0/5] sizing the demo to this machine (time budget {time_budget_s:g} s)")
     settings, sizing = _size_to_machine(settings, float(time_budget_s), device, out / "sizing.json")
     probes = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in sizing.step_s.items() if k != "base")
     _say(f"      a proxy step takes {sizing.step_s['base'] * 1e3:.0f} ms here (~4x MACs by {probes}); "
@@ -144,7 +150,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
          + f"; estimated {sizing.estimated_s:.0f} s")
     timings["sizing"] = sizing.seconds
 
-    _say(f"[1/4] searching alpha, beta, gamma around {LAB_BASE} on {DATA} (budget {settings.budget})")
+    _say(f"[1/5] searching alpha, beta, gamma around {LAB_BASE} on {DATA} (budget {settings.budget})")
     step = time.perf_counter()
     found = search(SearchConfig(model=LAB_BASE, data=DATA, out=str(out / "search"), target=2.0,
                                 budget=settings.budget, alpha_grid=settings.alpha_grid,
@@ -155,7 +161,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
          f"(top-1 {found['top1']:.2f} % on minival)")
 
     targets = ",".join(f"{t:g}" for t in settings.targets)
-    _say(f"[2/4] family phi=0..{len(settings.targets)} and single-dimension scaling at {targets}x MACs")
+    _say(f"[2/5] family phi=0..{len(settings.targets)} and single-dimension scaling at {targets}x MACs")
     step = time.perf_counter()
     study_command = _command("study", "--model", LAB_BASE, "--data", DATA, "--targets", targets,
                              "--seeds", str(settings.seeds), "--budget", settings.budget, "--alpha", f"{rule.alpha:g}",
@@ -165,7 +171,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                                   command=study_command, keep_weights=("base", "compound")))
     timings["study"] = time.perf_counter() - step
 
-    _say("[3/4] best model under a latency budget on this machine")
+    _say("[3/5] best model under a latency budget on this machine")
     step = time.perf_counter()
     base_row = next(r for r in study["rows"] if r["strategy"] == "base")
     budget_ms = latency_ms if latency_ms is not None else round(2.0 * base_row["latency_ms"], 3)
@@ -191,12 +197,15 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
          f"(re-measured {remeasured:.2f} ms; budget {budget_ms:g} ms{'' if fits else ': OVER it now'}), "
          f"top-1 {chosen['top1']:.2f} %")
 
-    _say("[4/4] weights and report")
+    _say("[4/5] weights")
     weights = Path(chosen["weights"])
     final = out / "model.safetensors"
     final.write_bytes(weights.read_bytes())
     (out / "model_spec.txt").write_text(chosen["spec"] + "\n")
     (out / "base_spec.txt").write_text(fit_to_task(lab_base(), task).to_text() + "\n")
+    step = time.perf_counter()
+    shipped = _ship_int8(final, out / "shipped") if ship else {"skipped": "ship=False (--no-ship)"}
+    timings["ship"] = time.perf_counter() - step
     timings["total"] = time.perf_counter() - started
     result = {
         "out": str(out), "quick": quick, "settings": settings.__dict__, "sizing": sizing.to_dict(),
@@ -208,7 +217,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                                                    "remeasured_ms": remeasured, "fits": fits, "name": spec.name},
         "weights": str(final), "seconds": {k: round(v, 1) for k, v in timings.items()},
         "peak_rss_bytes": peak_rss_bytes(),
-        "plan": planned, "device": device,
+        "plan": planned, "device": device, "shipped": shipped,
         "commands": {
             "search": _command("search", "--model", LAB_BASE, "--data", DATA, "--target", "2", "--budget",
                                settings.budget, "--alpha-grid", settings.alpha_grid, "--beta-grid",
@@ -223,6 +232,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
                              f"{rule.beta:g}", "--gamma", f"{rule.gamma:.6g}", "--accuracy-from",
                              str(out / "study" / "results.json")),
             "eval": _command("eval", str(final), "--data", DATA),
+            "quantize": _command("quantize", str(final), "--format", shipped.get("format") or "openvino", "--calib",
+                                 DATA, "--out", str(out / "shipped" / "int8")),
             "train_longer": _command("train", "--model", str(out / "model_spec.txt"), "--data", DATA,
                                      "--out", str(out / "trained")),
         },
@@ -233,6 +244,25 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, latency_ms: 
     result["report"] = str(write_demo_report(result, out, study_dir=out / "study"))
     _say(f"done in {timings['total']:.0f} s: {result['report']}")
     return result
+
+
+def _ship_int8(weights: Path, out: Path) -> dict:
+    """Step 5: the chosen model exported fp32 and INT8, accuracy drop and speed-up (export/compare.py)."""
+    from ..export.compare import available_format, int8_versus_fp32
+
+    format = available_format()
+    if format is None:
+        from ..export.runtimes import EXTRA_HINT
+
+        _say(f"[5/5] INT8: skipped (the export extra is not installed: {EXTRA_HINT})")
+        return {"skipped": f"the export extra is not installed ({EXTRA_HINT})"}
+    _say(f"[5/5] shipping it: fp32 and INT8 {format} artifacts, accuracy drop and speed-up")
+    shipped = int8_versus_fp32(weights, out, DATA, format=format, **SHIP_TIMING)
+    accuracy, fast = shipped["accuracy"], shipped["timings"]
+    _say(f"      INT8 top-1 {accuracy['int8_top1']:.2f} % vs fp32 {accuracy['fp32_top1']:.2f} % (drop "
+         f"{accuracy['drop']:.2f} points on {accuracy['samples']} held-out images); speed-up over fp32 on "
+         f"{shipped['runtime']}: " + ", ".join(f"{r['speedup']:.2f}x at batch {r['batch']}" for r in fast))
+    return shipped
 
 
 def peak_rss_bytes() -> int | None:

@@ -197,8 +197,24 @@ def demo_markdown(result: dict, study_md: str) -> str:
               "`model_spec.txt`:", "", "```", commands["eval"],
               f"effscale predict IMAGE.png --weights {result['weights']}",
               f"{commands['train_longer']}   # train it properly (quick recipe)", "```", "",
-              "Reproduce the whole demo: `" + commands["demo"] + "`"]
+              "Reproduce the whole demo: `" + commands["demo"] + "`", ""]
+    lines += ["## 5. Shipped: INT8 against fp32", ""] + _shipped_lines(result.get("shipped"), commands)
     return "\n".join(lines) + "\n"
+
+
+def _shipped_lines(shipped: dict | None, commands: dict) -> list[str]:
+    if not shipped or "skipped" in shipped:
+        return [f"Skipped: {shipped['skipped'] if shipped else 'not run'}."]
+    accuracy = shipped["accuracy"]
+    lines = [f"`{shipped['int8_dir']}` (INT8, {shipped['format']}, float ops {shipped['float_ops']}) beside "
+             f"`{shipped['fp32_dir']}` (fp32). Top-1 on {accuracy['samples']} held-out images: fp32 "
+             f"{accuracy['fp32_top1']:.2f} %, INT8 {accuracy['int8_top1']:.2f} % (drop {accuracy['drop']:.2f} points; "
+             f"top-1 agreement {accuracy['top1_agreement']:.1%}, logits SQNR {accuracy['logits_sqnr_db']:.1f} dB). "
+             f"Files: {shipped['size_bytes']['fp32'] / 1e6:.2f} MB fp32, {shipped['size_bytes']['int8'] / 1e6:.2f} MB "
+             "INT8.", "", f"| batch | fp32 ms | INT8 ms | speed-up ({shipped['runtime']}) |", "|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['fp32_ms']:.3f} | {r['int8_ms']:.3f} | {r['speedup']:.2f}x |"
+              for r in shipped["timings"]]
+    return lines + ["", "Medians of interleaved repeats on this machine.", "", "```", commands["quantize"], "```"]
 
 
 def write_demo_report(result: dict, out: Path, study_dir: Path) -> Path:

@@ -61,7 +61,7 @@ def measure_latencies(specs: list, task, rounds: int = 5, seed: int = 0) -> dict
     """
     import random
 
-    from ..hardware.runtime import time_call
+    from ..timing import time_call
 
     models = {}
     for spec in specs:

@@ -66,6 +66,7 @@ class TrainConfig:
     distill_alpha: float = 0.5  # weight of the KL term; (1 - alpha) goes to cross-entropy
     distill_temperature: float = 4.0
     threads: int | None = None  # None: follow the cores other processes leave free (train/threads.py)
+    qat: bool = False  # fine-tune --init with INT8 simulated, then ship INT8 (qat.py)
     progress: bool = True
     command: str = ""
 
@@ -88,6 +89,12 @@ class TrainConfig:
             raise EffscaleError(f"threads={self.threads!r} must be an integer >= 1, or None (auto)")
         if self.resume and self.init:
             raise EffscaleError("--resume continues a run from its own checkpoint; drop --init")
+        if self.qat and not self.init and not self.resume:
+            raise EffscaleError("--qat fine-tunes a trained model with INT8 rounding simulated: give the run or "
+                                "weights to fine-tune with --init")
+        if self.qat and self.precision in ("bf16", "fp16"):
+            raise EffscaleError(f"--qat simulates INT8 rounding in fp32; --precision {self.precision} cannot be "
+                                "combined with it (drop it, or use fp32)")
 
 
 # -- distributed ---------------------------------------------------------------------------------
@@ -382,6 +389,8 @@ def _setup_spec_and_data(run: _Run) -> None:
         spec = spec.replace(mean=mean, std=std)
     recipe = get_recipe(config.recipe, spec, config.batch_size)
     recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
+    if config.qat:  # a fine-tune of a trained model, in fp32 (the rounding simulation is fp32)
+        recipe = recipe.replace(precision="fp32", lr=None if config.lr else recipe.lr * QAT_LR_FACTOR)
     precision, run.precision_reason = resolve_precision(recipe.precision, dist_info.device.type)
     if recipe.precision == "auto":
         recipe = recipe.replace(precision=precision)
@@ -410,6 +419,8 @@ def _setup_model(run: _Run) -> None:
         _load_init(model, run.init_source, config.init)
     if config.linear_probe:
         _freeze_backbone(model)
+    if config.qat:  # before the EMA copy and the optimizer: both see the simulated model
+        _prepare_qat(run, model)
     if config.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise EffscaleError("this build of effscale has no activation checkpointing")
@@ -587,6 +598,14 @@ def _finish(run: _Run) -> dict:
     if run.last_eval is None:  # resumed a finished run: nothing trained, evaluate what is there
         run.last_eval = run.task.evaluate(final, run.splits.test, run.recipe)
     last_eval = run.last_eval
+    qat = None
+    if config.qat:  # the float weights QAT fine-tuned, without the simulation, are what ships
+        from .qat import strip_qat
+
+        qat = {"simulated_int8_top1": last_eval["top1"]}
+        strip_qat(final)
+        strip_qat(run.model)
+        last_eval = run.task.evaluate(final, run.splits.test, run.recipe)
     checksums = _rank_checksums(run.model, dist_info)
     counted = cost(spec, num_classes=num_classes, in_chans=in_chans)
     summary = {
@@ -599,6 +618,8 @@ def _finish(run: _Run) -> dict:
         "command": config.command or " ".join(sys.argv), "precision": run.recipe.precision,
         "precision_reason": run.precision_reason,
     }
+    if qat is not None:
+        summary["qat"] = qat
     if dist_info.main:
         from ..weights import save_weights
 
@@ -606,12 +627,45 @@ def _finish(run: _Run) -> dict:
         save_weights(final_cpu, run.out / "model.safetensors",
                      extra_metadata={"classes": list(run.splits.train.classes), "data": config.data,
                                      "test_top1": last_eval["top1"]})
+        if qat is not None:
+            qat.update(_ship_qat(run))
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     if dist_info.world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return summary
+
+
+QAT_LR_FACTOR = 0.1  # --qat without --lr: a tenth of the recipe's rate (a fine-tune, not a new run)
+QAT_CALIBRATION = 300  # images for the activation ranges, as `effscale quantize` calibrates
+
+
+def _prepare_qat(run: _Run, model: nn.Module) -> None:
+    """INT8 simulation on `model` (qat.py), ranges from the training images quantize would use."""
+    from .qat import prepare_qat
+
+    train_split = run.splits.train
+    order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(0))[:QAT_CALIBRATION]
+    transform = BatchTransform(run.spec.resolution, run.spec.mean, run.spec.std, train=False,
+                               in_chans=train_split.in_chans)
+    prepare_qat(model, transform(train_split.images[order]))
+
+
+def _ship_qat(run: _Run) -> dict:
+    """The fine-tuned weights quantized as simulated (`quantize`, calibrated on the run's data), into
+    run_dir/int8; without the export extra, the command to do it later."""
+    from ..export.compare import available_format
+
+    format = available_format()
+    command = f"effscale quantize {run.out} --format {format or 'openvino'} --out {run.out / 'int8'}"
+    if format is None:
+        return {"int8": None, "int8_command": command, "note": "the export extra is not installed"}
+    from ..export.quantize import quantize
+
+    manifest = quantize(run.out / "model.safetensors", run.out / "int8", format=format, calib=run.config.data)
+    return {"int8": manifest["quantization"]["accuracy"], "int8_dir": str(run.out / "int8"), "format": format,
+            "int8_command": command}
 
 
 def _seed_everything(seed: int) -> None:
