@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "they ship (exported, INT8-quantized; needs the export extra)")
     profile.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                          help="torch: fp32, bf16; openvino: fp32, bf16, int8; onnxruntime: fp32, int8")
-    profile.add_argument("--quick", action="store_true", help="fewer shapes and repeats (< 3 minutes)")
+    profile.add_argument("--quick", action="store_true",
+                         help="fewer shapes and repeats (< 3 minutes for torch, 3-5 for a deploy runtime)")
     profile.add_argument("--show", metavar="PATH", help="validate and summarise a saved profile instead of measuring")
     profile.add_argument("--strict", action="store_true",
                          help="refuse (exit 2, nothing saved) when other processes disturb the measurement, "
