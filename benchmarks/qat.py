@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--eval-samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["onnx", "openvino"], help="INT8 through ONNX Runtime's QDQ quantizer "
+                        "or NNCF (default: NNCF where installed)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     weights = init / "model.safetensors" if init.is_dir() else init
     spec = model_from_file(weights).spec
     lr = get_recipe("quick", spec, None).lr * QAT_LR_FACTOR  # the same for the control and QAT
-    format = available_format()
+    format = args.format or available_format()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="effscale-qat-") as work:
         work = Path(work)
