@@ -1,0 +1,67 @@
+"""Parameters of a detector spec, counted from the spec as the reference EfficientDet builds it.
+
+The architecture counted (the TF reference and its PyTorch port `effdet`, whose released D0-D7
+this reproduces; paper Tan, Pang & Le 2020):
+- backbone: the image spec up to its last stage (no head conv, no classifier); pyramid inputs
+  P_min..P_5 are the outputs of the last stage at each stride;
+- levels above the backbone: the first by a 1x1 conv + batch norm from the deepest feature (when
+  its width differs from the BiFPN's) and 3x3 max pooling, the others by max pooling alone;
+- each BiFPN layer: a top-down node per level from max-1 down to min and a bottom-up node per
+  level from min+1 up to max; every node fuses its inputs with one learned weight each (fast
+  normalised fusion), then swish and a separable conv (3x3 depthwise, no bias; 1x1 pointwise
+  with bias) and batch norm. In the first layer, every edge carrying a backbone feature whose
+  width differs from the BiFPN's gets its own 1x1 conv + batch norm;
+- class and box heads, shared across levels: `head_layers` separable convs (as above) with a
+  batch norm per level, then a separable prediction conv to anchors x classes (x 4 for boxes).
+The reference keeps a conv bias before every batch norm (its "redundant bias"), counted here.
+"""
+from __future__ import annotations
+
+from ..cost import cost
+from .spec import DetectorSpec
+
+
+def level_channels(spec: DetectorSpec) -> dict[int, int]:
+    """Width of the backbone feature at each pyramid level it produces (level = log2 stride)."""
+    stride, channels = 2, {}
+    for stage in spec.backbone.stages:
+        stride *= stage.stride
+        channels[stride.bit_length() - 1] = stage.out_channels
+    return channels
+
+
+def _conv_bn(cin: int, cout: int) -> int:
+    return cin * cout + cout + 2 * cout  # 1x1 conv with bias, then batch norm (weight, bias)
+
+
+def _separable(width: int, out: int, bn: bool = True) -> int:
+    return width * 9 + width * out + out + (2 * out if bn else 0)
+
+
+def detector_params(spec: DetectorSpec) -> dict:
+    """Parameter count of `spec`, by part: backbone, resample, bifpn, class_head, box_head, total."""
+    width, levels, features = spec.fpn_channels, spec.levels, level_channels(spec)
+    deepest = max(features)
+    rows = cost(spec.backbone, num_classes=0).layers
+    backbone = sum(r.params for r in rows if not r.name.startswith(("head.", "classifier", "pool")))
+    resample = 0
+    if spec.max_level > deepest and features[deepest] != width:
+        resample += _conv_bn(features[deepest], width)  # the first level above the backbone
+    # original-feature edges of the first layer: top-down nodes min..max-1, bottom-up min+1..max
+    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]
+    first_layer = sum(_conv_bn(features[lvl], width) for lvl in edges
+                      if lvl <= deepest and lvl in features and features[lvl] != width)
+    top_down = len(levels) - 1
+    bottom_up = len(levels) - 1
+    fusion_weights = 2 * top_down + 3 * (bottom_up - 1) + 2  # the top bottom-up node has two inputs
+    per_layer = (top_down + bottom_up) * _separable(width, width) + fusion_weights
+    bifpn = first_layer + spec.fpn_layers * per_layer
+    head_convs = spec.head_layers * (width * 9 + width * width + width) + len(levels) * spec.head_layers * 2 * width
+    class_head = head_convs + _separable(width, spec.num_anchors * spec.num_classes, bn=False)
+    box_head = head_convs + _separable(width, spec.num_anchors * 4, bn=False)
+    parts = {"backbone": backbone, "resample": resample, "bifpn": bifpn, "class_head": class_head,
+             "box_head": box_head}
+    return {**parts, "total": sum(parts.values())}
+
+
+__all__ = ["detector_params", "level_channels"]

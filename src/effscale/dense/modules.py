@@ -1,0 +1,168 @@
+"""EfficientDet as modules, built from a `DetectorSpec`: the backbone's pyramid, the levels above
+it, BiFPN layers and the shared class / box heads, exactly the structure `cost.detector_params`
+counts (its docstring has the details), so the parameter count of the module and of the spec
+agree by construction and a test checks it.
+
+Fast normalised fusion: out = sum_i relu(w_i) * x_i / (eps + sum_j relu(w_j)). Inputs of another
+size are brought to the node's: nearest upsampling from the coarser level, 3x3 max pooling with
+stride 2 from the finer one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.network import EfficientNet
+from .cost import level_channels
+from .spec import DetectorSpec
+
+FUSION_EPS = 1e-4
+BN = dict(eps=1e-3, momentum=0.01)  # the reference's batch norm in the neck and heads
+
+
+class ConvBN(nn.Sequential):
+    """1x1 conv (with the reference's bias) + batch norm: a width change."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout, **BN))
+
+
+class SeparableConv(nn.Module):
+    def __init__(self, width: int, out: int, bn: bool = True):
+        super().__init__()
+        self.depthwise = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False)
+        self.pointwise = nn.Conv2d(width, out, 1)
+        self.bn = nn.BatchNorm2d(out, **BN) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pointwise(self.depthwise(x)))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    while x.shape[-1] > size[-1]:
+        x = F.max_pool2d(x, 3, 2, 1)
+    if x.shape[-1] < size[-1]:
+        x = F.interpolate(x, size=size, mode="nearest")
+    return x
+
+
+class FusionNode(nn.Module):
+    """One BiFPN node: inputs (by index into the running list of maps), optional width changes."""
+
+    def __init__(self, sources: list[int], width: int, convert: dict[int, int]):
+        super().__init__()
+        self.sources = sources
+        self.weights = nn.Parameter(torch.ones(len(sources)))
+        # per input position: a ConvBN when that edge carries a backbone feature of another width
+        self.convert = nn.ModuleDict({str(i): ConvBN(cin, width) for i, cin in convert.items()})
+        self.conv = SeparableConv(width, width)
+
+    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        weights = F.relu(self.weights)
+        weights = weights / (weights.sum() + FUSION_EPS)
+        fused = 0
+        for position, (source, weight) in enumerate(zip(self.sources, weights)):
+            x = maps[source]
+            if str(position) in self.convert:
+                x = self.convert[str(position)](x)
+            fused = fused + weight * _resize(x, size)
+        return self.conv(F.silu(fused))
+
+
+class BiFPNLayer(nn.Module):
+    """Top-down nodes (levels max-1 .. min), then bottom-up nodes (min+1 .. max)."""
+
+    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int]):
+        super().__init__()
+        self.levels = levels
+        count = len(levels)
+        nodes, self.targets = [], []
+
+        def convert(*pairs):  # (input position, level of the original feature it carries)
+            return {pos: in_widths[lvl] for pos, lvl in pairs if in_widths[lvl] != width}
+
+        # running list: 0..count-1 are the inputs (levels ascending), then each node's output
+        previous = count - 1
+        for index in range(count - 2, -1, -1):  # top-down
+            nodes.append(FusionNode([index, previous], width, convert((0, levels[index]))))
+            self.targets.append(index)
+            previous = count + len(nodes) - 1
+        top_down = {index: count + k for k, index in enumerate(range(count - 2, -1, -1))}
+        below = top_down[0]  # P_min's top-down node is its output
+        for index in range(1, count):  # bottom-up
+            if index < count - 1:
+                sources = [index, top_down[index], below]
+                nodes.append(FusionNode(sources, width, convert((0, levels[index]))))
+            else:
+                nodes.append(FusionNode([index, below], width, convert((0, levels[index]))))
+            self.targets.append(index)
+            below = count + len(nodes) - 1
+        self.nodes = nn.ModuleList(nodes)
+        self.outputs = [top_down[0]] + [count + (count - 1) + k for k in range(count - 1)]
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        maps = list(features)
+        for node, target in zip(self.nodes, self.targets):
+            maps.append(node(maps, features[target].shape[-2:]))
+        return [maps[i] for i in self.outputs]
+
+
+class Head(nn.Module):
+    """Shared separable convs with a batch norm per level, then the prediction conv."""
+
+    def __init__(self, width: int, layers: int, levels: int, outputs: int):
+        super().__init__()
+        self.convs = nn.ModuleList(SeparableConv(width, width, bn=False) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(width, **BN) for _ in range(layers))
+                                   for _ in range(levels))
+        self.predict = SeparableConv(width, outputs, bn=False)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for x, norms in zip(features, self.norms):
+            for conv, norm in zip(self.convs, norms):
+                x = F.silu(norm(conv(x)))
+            out.append(self.predict(x))
+        return out
+
+
+class EfficientDet(nn.Module):
+    """`forward(images)` -> (class maps, box maps): per level, anchors x classes and anchors x 4."""
+
+    def __init__(self, spec: DetectorSpec, in_chans: int = 3):
+        super().__init__()
+        self.spec = spec
+        self.backbone = EfficientNet(spec.backbone, num_classes=0, in_chans=in_chans, features_only=True)
+        features = level_channels(spec)
+        deepest = max(features)
+        self.backbone_levels = [lvl for lvl in spec.levels if lvl <= deepest]
+        self._indices = [[info["reduction"] for info in self.backbone.feature_info].index(2 ** lvl)
+                         for lvl in self.backbone_levels]
+        width = spec.fpn_channels
+        above = spec.max_level - deepest
+        self.first_above = ConvBN(features[deepest], width) if above > 0 and features[deepest] != width else None
+        self.extra_levels = max(above, 0)
+        in_widths = {lvl: features[lvl] if lvl <= deepest else width for lvl in spec.levels}
+        layers = [BiFPNLayer(spec.levels, width, in_widths)]
+        layers += [BiFPNLayer(spec.levels, width, {lvl: width for lvl in spec.levels})
+                   for _ in range(spec.fpn_layers - 1)]
+        self.bifpn = nn.ModuleList(layers)
+        self.class_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * spec.num_classes)
+        self.box_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * 4)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        pyramid = self.backbone(images)
+        features = [pyramid[i] for i in self._indices]
+        x = features[-1]
+        for k in range(self.extra_levels):
+            if k == 0 and self.first_above is not None:
+                x = self.first_above(x)
+            x = F.max_pool2d(x, 3, 2, 1)
+            features.append(x)
+        for layer in self.bifpn:
+            features = layer(features)
+        return self.class_head(features), self.box_head(features)
+
+
+__all__ = ["BiFPNLayer", "EfficientDet", "FusionNode", "Head", "SeparableConv"]

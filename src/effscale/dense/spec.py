@@ -1,0 +1,168 @@
+"""A detector as a spec, and EfficientDet's compound scaling of the whole detector by one phi.
+
+`DetectorSpec` is pure data like `NetworkSpec`: the backbone (any image spec, at the detector's
+input resolution), the neck (BiFPN or plain FPN: width, repeats, pyramid levels), the head depth
+and the classes. The modules, cost and export are to be derived from it (issue 12).
+
+EfficientDet scales backbone, neck, head and input together (Tan, Pang & Le 2020, eq. 1-3):
+BiFPN width W = 64 * 1.35^phi, BiFPN repeats 3 + phi, head repeats 3 + floor(phi / 3), input
+512 + 128 * phi, backbone B_phi. The released D0-D7 (paper Table 1) round these by hand and
+break the formula at D5-D7 (repeats capped at 7-8, D7 reuses B6 at a larger input); D7x uses B7
+and one more level (P3-P8). `efficientdet(phi)` returns the table's row for the named models and
+the formula for any other phi, negative included (small devices), rounded as stated there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import EffscaleError
+from ..scaling import Coefficients, compound, scale
+from ..spec import EFFICIENTNET_B0, NetworkSpec
+
+NECKS = ("bifpn", "fpn")
+WIDTH_DIVISOR = 8  # BiFPN widths off the table are rounded to multiples of 8 (the table's are)
+MIN_RESOLUTION_STEPS = 1  # the formula's input is at least one 2^max_level step
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    backbone: NetworkSpec
+    resolution: int
+    fpn_channels: int
+    fpn_layers: int
+    head_layers: int
+    neck: str = "bifpn"
+    min_level: int = 3
+    max_level: int = 7
+    num_classes: int = 90
+    num_scales: int = 3  # anchor scales per level
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.backbone.resolution != self.resolution:  # the backbone sees the detector's input
+            object.__setattr__(self, "backbone", self.backbone.replace(resolution=self.resolution))
+
+    @property
+    def num_anchors(self) -> int:
+        return self.num_scales * len(self.aspect_ratios)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(range(self.min_level, self.max_level + 1))
+
+    def validate(self) -> None:
+        if not isinstance(self.backbone, NetworkSpec):
+            raise EffscaleError(f"{self.name}: backbone must be a NetworkSpec, got {type(self.backbone).__name__}")
+        if self.neck not in NECKS:
+            raise EffscaleError(f"{self.name}: neck {self.neck!r} is unknown; allowed: {', '.join(NECKS)}")
+        for field in ("fpn_channels", "fpn_layers", "head_layers", "num_classes", "num_scales"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EffscaleError(f"{self.name}: {field}={value!r} must be an integer >= 1")
+        strides = _backbone_levels(self.backbone)
+        if not (isinstance(self.min_level, int) and isinstance(self.max_level, int)
+                and 1 <= self.min_level < self.max_level <= 10):
+            raise EffscaleError(f"{self.name}: levels P{self.min_level}-P{self.max_level} must satisfy "
+                                "1 <= min_level < max_level <= 10")
+        if self.min_level > strides:
+            raise EffscaleError(f"{self.name}: min_level {self.min_level} is beyond the backbone's deepest level "
+                                f"P{strides} (the neck makes levels above the backbone, not below it)")
+        step = 2 ** self.max_level
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < step \
+                or self.resolution % step:
+            lower = max(step, (self.resolution // step) * step) if isinstance(self.resolution, int) else step
+            raise EffscaleError(f"{self.name}: input resolution {self.resolution!r} must be a multiple of "
+                                f"2^max_level = {step} (levels P{self.min_level}-P{self.max_level} halve it "
+                                f"{self.max_level} times); e.g. {lower} or {lower + step}")
+        if not self.aspect_ratios or any(not (isinstance(r, (int, float)) and r > 0) for r in self.aspect_ratios):
+            raise EffscaleError(f"{self.name}: aspect_ratios {self.aspect_ratios!r} must be numbers > 0")
+
+
+def _backbone_levels(backbone: NetworkSpec) -> int:
+    """The deepest pyramid level the backbone reaches: log2 of its total stride."""
+    stride = 2  # the stem
+    for stage in backbone.stages:
+        stride *= stage.stride
+    return int(round(math.log2(stride)))
+
+
+# -- EfficientDet ---------------------------------------------------------------------------------------
+# name: (phi, backbone, input, BiFPN width, BiFPN repeats, head repeats, max level); paper Table 1
+EFFICIENTDET_TABLE = {
+    "efficientdet_d0": (0, "efficientnet_b0", 512, 64, 3, 3, 7),
+    "efficientdet_d1": (1, "efficientnet_b1", 640, 88, 4, 3, 7),
+    "efficientdet_d2": (2, "efficientnet_b2", 768, 112, 5, 3, 7),
+    "efficientdet_d3": (3, "efficientnet_b3", 896, 160, 6, 4, 7),
+    "efficientdet_d4": (4, "efficientnet_b4", 1024, 224, 7, 4, 7),
+    "efficientdet_d5": (5, "efficientnet_b5", 1280, 288, 7, 4, 7),
+    "efficientdet_d6": (6, "efficientnet_b6", 1280, 384, 8, 5, 7),
+    "efficientdet_d7": (7, "efficientnet_b6", 1536, 384, 8, 5, 7),
+    "efficientdet_d7x": (None, "efficientnet_b7", 1536, 384, 8, 5, 8),
+}
+
+
+def efficientdet_formula(phi: float, max_level: int = 7) -> dict:
+    """EfficientDet's scaling equations at any finite phi, rounded to the nearest (halves up): width
+    to a multiple of 8 (>= 8), BiFPN repeats to an integer (>= 1), input to a multiple of
+    2^max_level (>= one); head repeats 3 + floor(phi / 3) (>= 1), as written."""
+    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi):
+        raise EffscaleError(f"phi={phi!r} must be a finite number")
+    step = 2 ** max_level
+    return {
+        "fpn_channels": max(WIDTH_DIVISOR, _nearest(64 * 1.35 ** phi / WIDTH_DIVISOR) * WIDTH_DIVISOR),
+        "fpn_layers": max(1, _nearest(3 + phi)),
+        "head_layers": max(1, 3 + math.floor(phi / 3)),
+        "resolution": max(MIN_RESOLUTION_STEPS * step, _nearest((512 + 128 * phi) / step) * step),
+    }
+
+
+def _nearest(value: float) -> int:
+    """Nearest integer, halves up (Python's round() sends halves to the even neighbour)."""
+    return int(math.floor(value + 0.5))
+
+
+def efficientdet(phi_or_name, *, num_classes: int = 90) -> DetectorSpec:
+    """D0-D7 / D7x by name (or integer phi 0-7): the paper's Table 1. Any other phi: the formula
+    (`efficientdet_formula`) with the backbone compound-scaled from B0 by the same phi."""
+    from ..zoo import get_spec
+
+    if isinstance(phi_or_name, str):
+        key = phi_or_name if phi_or_name in EFFICIENTDET_TABLE else f"efficientdet_{phi_or_name}"
+        if key not in EFFICIENTDET_TABLE:
+            raise EffscaleError(f"detector {phi_or_name!r} is unknown; named: {', '.join(EFFICIENTDET_TABLE)} "
+                                "(or a number: any phi)")
+        _, backbone, resolution, width, layers, head, max_level = EFFICIENTDET_TABLE[key]
+        return DetectorSpec(name=key, backbone=get_spec(backbone), resolution=resolution, fpn_channels=width,
+                            fpn_layers=layers, head_layers=head, max_level=max_level, num_classes=num_classes)
+    phi = phi_or_name
+    if isinstance(phi, (int, float)) and not isinstance(phi, bool) and float(phi).is_integer() and 0 <= phi <= 7:
+        return efficientdet(f"d{int(phi)}", num_classes=num_classes)
+    rounded = efficientdet_formula(phi)
+    backbone = compound(EFFICIENTNET_B0, phi) if phi else EFFICIENTNET_B0
+    return DetectorSpec(name=f"efficientdet-phi{phi:g}", backbone=backbone, num_classes=num_classes, **rounded)
+
+
+def fast_scaling(base: NetworkSpec, factor: float, *, alpha: float = 0.8, name: str | None = None) -> NetworkSpec:
+    """Dollár, Singh & Girshick 2021 "fast compound scaling": multiply FLOPs by `factor` with
+    exponents e_w = alpha, e_d = e_r = (1 - alpha) / 2 of that factor, i.e. width x factor^(alpha/2),
+    depth x factor^((1-alpha)/2), resolution x factor^((1-alpha)/4) (FLOPs ~ d w^2 r^2), so most of
+    the growth goes to width, which adds the fewest activations. Rounded as `scale` rounds."""
+    for label, value, low in (("factor", factor, 0.0), ("alpha", alpha, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
+            raise EffscaleError(f"{label}={value!r} must be a finite number > {low:g}")
+    if alpha > 1:
+        raise EffscaleError(f"alpha={alpha!r} must be at most 1 (the share of the FLOPs growth given to width)")
+    coefficients = fast_scaling_coefficients(factor, alpha)
+    return scale(base, coefficients, name=name or f"{base.name}-fast{factor:g}")
+
+
+def fast_scaling_coefficients(factor: float, alpha: float = 0.8) -> Coefficients:
+    return Coefficients(depth=factor ** ((1 - alpha) / 2), width=factor ** (alpha / 2),
+                        resolution=factor ** ((1 - alpha) / 4))
+
+
+__all__ = ["DetectorSpec", "EFFICIENTDET_TABLE", "efficientdet", "efficientdet_formula", "fast_scaling",
+           "fast_scaling_coefficients"]

@@ -1,0 +1,113 @@
+"""Detector specs and EfficientDet's compound scaling (issue 12, first part): the published
+table for the named models, the formula for any other phi, and the input-size rule."""
+import math
+
+import pytest
+
+import effscale
+from effscale import EffscaleError
+from effscale.dense import DetectorSpec, EFFICIENTDET_TABLE, efficientdet, efficientdet_formula, fast_scaling
+
+
+def test_the_named_detectors_follow_the_formula_up_to_hand_rounding_and_break_it_at_d5_d7():
+    for phi in range(8):
+        table, formula = efficientdet(phi), efficientdet_formula(phi)
+        assert table.name == f"efficientdet_d{phi}" and table.resolution % 128 == 0
+        assert table.backbone.name == f"efficientnet_b{min(phi, 6)}"  # D7 reuses B6
+        assert table.backbone.resolution == table.resolution  # the backbone sees the detector's input
+        # D0-D6 widths are 64 * 1.35^phi rounded by hand (within 10 %); D7 keeps D6's 384
+        assert abs(table.fpn_channels / (64 * 1.35 ** min(phi, 6)) - 1) < 0.10
+        if phi <= 4:  # the formula exactly, for repeats and input
+            assert (table.fpn_layers, table.head_layers, table.resolution) == (
+                formula["fpn_layers"], formula["head_layers"], formula["resolution"])
+        else:  # the table caps BiFPN repeats (and raises D5's and D7's input): the table wins
+            assert table.fpn_layers < formula["fpn_layers"] and table.resolution >= formula["resolution"]
+    assert efficientdet(5).resolution > efficientdet_formula(5)["resolution"]
+    d7x = efficientdet("d7x")
+    assert d7x.levels == (3, 4, 5, 6, 7, 8) and d7x.backbone.name == "efficientnet_b7" and d7x.resolution % 256 == 0
+    assert set(EFFICIENTDET_TABLE) == {f"efficientdet_d{i}" for i in range(8)} | {"efficientdet_d7x"}
+
+
+@pytest.mark.parametrize("phi", [-2.0, -1.0, -0.5, 0.5, 2.5, 8.0])
+def test_any_phi_gives_a_legal_detector_scaled_with_its_backbone(phi):
+    spec = efficientdet(phi)
+    assert spec.resolution % 2 ** spec.max_level == 0 and spec.fpn_channels % 8 == 0
+    assert spec.fpn_layers >= 1 and spec.head_layers >= 1
+    assert spec.backbone == effscale.compound(effscale.get_spec("efficientnet_b0"), phi).replace(
+        resolution=spec.resolution)
+    smaller, larger = efficientdet(phi - 1), efficientdet(phi + 1)
+    assert smaller.fpn_channels <= spec.fpn_channels <= larger.fpn_channels
+    assert smaller.resolution <= spec.resolution <= larger.resolution
+    assert efficientdet_formula(0.5)["resolution"] == 640  # 576 px: to the nearest multiple of 128, halves up
+
+
+def test_bad_detector_specs_name_the_value_and_what_is_allowed():
+    b0 = effscale.get_spec("efficientnet_b0")
+    with pytest.raises(EffscaleError, match=r"input resolution 500 must be a multiple of 2\^max_level = 128 .*"
+                                            r"e\.g\. 384 or 512"):
+        DetectorSpec("d", b0, 500, 64, 3, 3)
+    with pytest.raises(EffscaleError, match=r"resolution 640 must be a multiple of 2\^max_level = 256 .*"
+                                            r"e\.g\. 512 or 768"):
+        DetectorSpec("d", b0, 640, 64, 3, 3, max_level=8)
+    with pytest.raises(EffscaleError, match="fpn_channels=0 must be an integer >= 1"):
+        DetectorSpec("d", b0, 512, 0, 3, 3)
+    with pytest.raises(EffscaleError, match="neck 'panet' is unknown; allowed: bifpn, fpn"):
+        DetectorSpec("d", b0, 512, 64, 3, 3, neck="panet")
+    with pytest.raises(EffscaleError, match="min_level 6 is beyond the backbone's deepest level P5"):
+        DetectorSpec("d", b0, 512, 64, 3, 3, min_level=6)
+    with pytest.raises(EffscaleError, match="detector 'd9' is unknown; named: efficientdet_d0"):
+        efficientdet("d9")
+    with pytest.raises(EffscaleError, match="phi=nan must be a finite number"):
+        efficientdet(math.nan)
+
+
+def test_fast_scaling_gives_width_most_of_the_flops_and_multiplies_them_by_the_factor():
+    b0 = effscale.get_spec("efficientnet_b0")
+    from effscale.dense.spec import fast_scaling_coefficients
+
+    c = fast_scaling_coefficients(4.0, alpha=0.8)
+    assert c.depth * c.width ** 2 * c.resolution ** 2 == pytest.approx(4.0)
+    assert c.width ** 2 == pytest.approx(4.0 ** 0.8) and c.depth == pytest.approx(c.resolution ** 2)
+    scaled = fast_scaling(b0, 4.0)
+    # rounding repeats up (ceil) and channels to multiples of 8 only adds: 5.2x here, not 4x
+    assert 4.0 <= effscale.cost(scaled).macs / effscale.cost(b0).macs < 5.5
+    with pytest.raises(EffscaleError, match="alpha=1.5 must be at most 1"):
+        fast_scaling(b0, 2.0, alpha=1.5)
+
+
+def test_d0_d7_parameter_counts_match_the_published_ones():
+    from effscale.dense.cost import detector_params
+
+    # EfficientDet paper (Tan, Pang & Le 2020) Table 2, 90 COCO classes, in millions rounded to 0.1:
+    # our count must round to the same figure (|ours - published| < 0.05 M)
+    published = [3.9, 6.6, 8.1, 12.0, 20.7, 33.7, 51.9, 51.9]
+    for phi, millions in enumerate(published):
+        counted = detector_params(efficientdet(phi))
+        assert abs(counted["total"] / 1e6 - millions) < 0.05, (phi, counted)
+        assert counted["total"] == sum(v for k, v in counted.items() if k != "total")
+    d0 = detector_params(efficientdet("d0"))
+    b0 = effscale.cost("efficientnet_b0")
+    # D0's backbone is B0 without its head conv (320 -> 1280, with batch norm) and classifier
+    assert d0["backbone"] == b0.params - (320 * 1280 + 2 * 1280) - (1280 * 1000 + 1000)
+    fewer = detector_params(efficientdet("d0", num_classes=1))
+    assert d0["class_head"] - fewer["class_head"] == 9 * 89 * (64 + 1)  # 9 anchors x 89 classes, weights + bias
+
+
+def test_the_module_has_exactly_the_parameters_the_spec_counts_and_one_map_per_level():
+    import torch
+
+    from effscale.dense import detector_params
+    from effscale.dense.modules import EfficientDet
+
+    for spec in (efficientdet("d0"), efficientdet("d7x")):
+        module = EfficientDet(spec)
+        assert sum(p.numel() for p in module.parameters()) == detector_params(spec)["total"]
+    backbone = effscale.scale(effscale.get_spec("efficientnet_b0"), effscale.Coefficients(width=0.25, depth=0.5))
+    tiny = DetectorSpec("tiny", backbone, 128, 16, 2, 2, num_classes=3)
+    module = EfficientDet(tiny)
+    assert sum(p.numel() for p in module.parameters()) == detector_params(tiny)["total"]
+    classes, boxes = module(torch.randn(2, 3, 128, 128))
+    assert [tuple(t.shape) for t in classes] == [(2, 27, 128 // 2 ** lvl, 128 // 2 ** lvl) for lvl in range(3, 8)]
+    assert [t.shape[1] for t in boxes] == [36] * 5
+    (sum(t.mean() for t in classes) + sum(t.mean() for t in boxes)).backward()
+    assert all(p.grad is not None for p in module.parameters())  # every part takes part
