@@ -98,21 +98,24 @@ def test_tiny_openvino_int8_profile_plans_verifies_and_ships_on_the_runtime(tmp_
     assert len(profile.layers) > 40 and all(row["median_ms"] > 0 for row in profile.layers)
     base = effscale.NetworkSpec.from_text(profile.members[0]["spec"])
     (tmp_path / "base.txt").write_text(base.to_text() + "\n")
-    # A budget a little above the base's own prediction at the machine's level now (re-anchored: the
-    # level moves by tens of percent between tests) keeps the pick, and this test, small whatever the
-    # tiny profile's noisy slope says. The anchor's builds are this process's, cached: seconds.
-    budget = 1.3 * profile.reanchor().predict_latency(base)
+    # Timings of test-sized networks swing by tens of percent between tests, so the binding budget
+    # is memory (predicted from the spec: deterministic), which keeps the pick near the base; the
+    # latency budget is there to be verified on the runtime, and is loose enough to always hold.
+    from effscale.hardware.budgets import predict_peak_memory
+
+    memory_mb = 1.02 * predict_peak_memory(base, profile).total_mb
+    latency_ms = 100 * max(m["median_ms"] for m in profile.members)
     capsys.readouterr()
-    assert main(["plan", "--device", str(path), "--latency-ms", f"{budget:g}", "--base", str(tmp_path / "base.txt"),
-                 "--export", str(tmp_path / "shipped"), "--json"]) == 0
+    assert main(["plan", "--device", str(path), "--latency-ms", f"{latency_ms:g}", "--memory-mb", f"{memory_mb:g}",
+                 "--base", str(tmp_path / "base.txt"), "--export", str(tmp_path / "shipped"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["runtime"], result["precision"]) == ("openvino", "int8")
     # verified by timing the INT8 build on OpenVINO (not eager torch: that is ~3x slower at this size)
-    assert result["attempts"] and all(a["measured_ms"] > 0 for a in result["attempts"])
-    assert result["anchor"]["factor"] > 0
+    assert result["fits"] and len(result["attempts"]) == 1 and result["attempts"][0]["measured_ms"] > 0
+    assert result["anchor"]["factor"] > 0 and result["memory_mb"] <= memory_mb
     shipped = result["export"]
     assert shipped["parity"]["passed"] and shipped["measured_ms"] > 0
-    assert shipped["fits"] == (shipped["measured_ms"] <= budget)
+    assert shipped["fits"] == (shipped["measured_ms"] <= latency_ms)
     from effscale.export import load_exported, read_manifest
 
     manifest = read_manifest(tmp_path / "shipped")
