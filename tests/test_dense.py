@@ -111,3 +111,39 @@ def test_the_module_has_exactly_the_parameters_the_spec_counts_and_one_map_per_l
     assert [t.shape[1] for t in boxes] == [36] * 5
     (sum(t.mean() for t in classes) + sum(t.mean() for t in boxes)).backward()
     assert all(p.grad is not None for p in module.parameters())  # every part takes part
+
+
+def _brute_force_nms(boxes, scores, classes, threshold):
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        if all(classes[i] != classes[k] or iou(boxes[i], boxes[k]) <= threshold for k in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_nms_equals_a_brute_force_one(seed):
+    import torch
+
+    from effscale.dense.nms import batched_nms
+
+    generator = torch.Generator().manual_seed(seed)
+    n = 200
+    corner = torch.rand(n, 2, generator=generator) * 100
+    size = torch.rand(n, 2, generator=generator) * 40 + 1
+    boxes = torch.cat([corner, corner + size], dim=1)
+    scores = torch.rand(n, generator=generator).round(decimals=2)  # ties too
+    classes = torch.randint(0, 3, (n,), generator=generator)
+    for threshold in (0.0, 0.3, 0.5, 0.9):
+        kept = batched_nms(boxes, scores, classes, threshold).tolist()
+        assert kept == _brute_force_nms(boxes.tolist(), scores.tolist(), classes.tolist(), threshold)
+    assert batched_nms(boxes, scores, classes, 1.0).tolist() == sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    with pytest.raises(EffscaleError, match=r"iou_threshold=1.5 must be in \[0, 1\]"):
+        batched_nms(boxes, scores, classes, 1.5)
