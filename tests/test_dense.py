@@ -147,3 +147,22 @@ def test_batched_nms_equals_a_brute_force_one(seed):
     assert batched_nms(boxes, scores, classes, 1.0).tolist() == sorted(range(n), key=lambda i: (-float(scores[i]), i))
     with pytest.raises(EffscaleError, match=r"iou_threshold=1.5 must be in \[0, 1\]"):
         batched_nms(boxes, scores, classes, 1.5)
+
+
+def test_detector_macs_equal_the_modules_counted_flops_and_the_published_figures():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from effscale.dense.cost import detector_macs
+    from effscale.dense.modules import EfficientDet
+
+    backbone = effscale.scale(effscale.get_spec("efficientnet_b0"), effscale.Coefficients(width=0.25, depth=0.5))
+    tiny = DetectorSpec("tiny", backbone, 128, 16, 2, 2, num_classes=3)
+    module = EfficientDet(tiny).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.randn(1, 3, 128, 128))
+    assert counter.get_total_flops() == 2 * detector_macs(tiny)["total"]  # exactly: every conv, every level
+    # EfficientDet paper Table 2 "FLOPs" (multiply-adds), in billions: ours within 2 %
+    published = [2.5, 6.1, 11, 25, 55, 135, 226, 325]
+    for phi, billions in enumerate(published):
+        assert abs(detector_macs(efficientdet(phi))["total"] / 1e9 / billions - 1) < 0.02

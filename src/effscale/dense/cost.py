@@ -64,4 +64,33 @@ def detector_params(spec: DetectorSpec) -> dict:
     return {**parts, "total": sum(parts.values())}
 
 
-__all__ = ["detector_params", "level_channels"]
+def detector_macs(spec: DetectorSpec, batch: int = 1) -> dict:
+    """Multiply-accumulates of one forward pass at the spec's input, by part (convs and the
+    backbone's linear-free layers as `cost()` counts them; pooling, resizing and fusion sums are
+    not MACs). Level l is resolution / 2^l on a side (the input is a multiple of 2^max_level)."""
+    width, levels, features = spec.fpn_channels, spec.levels, level_channels(spec)
+    deepest = max(features)
+    side = {lvl: spec.resolution // 2 ** lvl for lvl in levels}
+    pixels = {lvl: side[lvl] ** 2 for lvl in levels}
+    rows = cost(spec.backbone, num_classes=0, batch=1).layers
+    backbone = sum(r.macs for r in rows if not r.name.startswith(("head.", "classifier", "pool")))
+    resample = pixels[deepest] * features[deepest] * width \
+        if spec.max_level > deepest and features[deepest] != width else 0
+    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]
+    first_layer = sum(pixels[lvl] * features[lvl] * width for lvl in edges
+                      if lvl <= deepest and lvl in features and features[lvl] != width)
+    separable = width * 9 + width * width  # per output pixel of a width -> width separable conv
+    nodes = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]  # top-down, bottom-up targets
+    bifpn = first_layer + spec.fpn_layers * sum(pixels[lvl] * separable for lvl in nodes)
+    every_level = sum(pixels.values())
+
+    def head(outputs: int) -> int:
+        return every_level * (spec.head_layers * separable + width * 9 + width * outputs)
+
+    parts = {"backbone": backbone, "resample": resample, "bifpn": bifpn,
+             "class_head": head(spec.num_anchors * spec.num_classes), "box_head": head(spec.num_anchors * 4)}
+    parts = {k: v * batch for k, v in parts.items()}
+    return {**parts, "total": sum(parts.values())}
+
+
+__all__ = ["detector_macs", "detector_params", "level_channels"]
