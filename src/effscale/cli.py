@@ -386,7 +386,8 @@ def cmd_plan(args) -> None:
         shipped = result["export"]
         parity = shipped["parity"]
         print(f"shipped to {shipped['dir']}: {shipped['runtime']} {shipped['precision']} (float ops "
-              f"{shipped['inference_precision'] or 'fp32'}), parity max rel {parity['max_rel']:.2g}, measured "
+              f"{shipped['inference_precision'] or 'fp32'}), fp32 export parity max rel {parity['max_rel']:.2g}, "
+              f"measured "
               f"{shipped['measured_ms']:.3g} ms -- {'fits' if shipped['fits'] else 'OVER the budget'}")
     for note in result["notes"]:
         print(f"note: {note}")
@@ -572,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                          help="torch: fp32, bf16; openvino: fp32, bf16, int8; onnxruntime: fp32, int8")
     profile.add_argument("--quick", action="store_true",
-                         help="fewer shapes and repeats (< 3 minutes for torch, 3-5 for a deploy runtime)")
+                         help="fewer shapes and repeats (< 3 minutes, torch or a deploy runtime)")
     profile.add_argument("--show", metavar="PATH", help="validate and summarise a saved profile instead of measuring")
     profile.add_argument("--strict", action="store_true",
                          help="refuse (exit 2, nothing saved) when other processes disturb the measurement, "

@@ -9,9 +9,9 @@ from .containers import DataSplits, ImageDataset
 from .datasets import FASHION_MNIST_CLASSES, bundled_provenance, load_data
 from .folder import DEFAULT_IMAGE_SIZE, DataWarning
 from .loader import batches_per_epoch, iterate_batches
-from .transforms import BatchTransform
+from .transforms import BatchTransform, calibration_images
 
 __all__ = [
     "BatchTransform", "DEFAULT_IMAGE_SIZE", "DataSplits", "DataWarning", "FASHION_MNIST_CLASSES", "ImageDataset",
-    "batches_per_epoch", "bundled_provenance", "iterate_batches", "load_data",
+    "batches_per_epoch", "bundled_provenance", "calibration_images", "iterate_batches", "load_data",
 ]

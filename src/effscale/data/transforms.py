@@ -129,3 +129,12 @@ class BatchTransform(nn.Module):
             else:
                 groups.append(self.randaugment(group))
         return torch.cat(groups).clamp_(0, 1)
+
+
+def calibration_images(dataset, spec, samples: int, seed: int = 0) -> torch.Tensor:
+    """`samples` training images chosen by a seeded permutation and preprocessed for evaluation
+    as `spec` says: the one calibration set INT8 quantization (export/quantize.py) and QAT's
+    activation ranges (train/qat.py) both use, so that QAT simulates the ranges INT8 will get."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:samples]
+    transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=False, in_chans=dataset.in_chans)
+    return transform(dataset.images[order])

@@ -18,16 +18,12 @@ The reference keeps a conv bias before every batch norm (its "redundant bias"), 
 from __future__ import annotations
 
 from ..cost import cost
-from .spec import DetectorSpec
+from .spec import DetectorSpec, backbone_levels
 
 
 def level_channels(spec: DetectorSpec) -> dict[int, int]:
     """Width of the backbone feature at each pyramid level it produces (level = log2 stride)."""
-    stride, channels = 2, {}
-    for stage in spec.backbone.stages:
-        stride *= stage.stride
-        channels[stride.bit_length() - 1] = stage.out_channels
-    return channels
+    return backbone_levels(spec.backbone)
 
 
 def _conv_bn(cin: int, cout: int) -> int:

@@ -62,14 +62,14 @@ class DetectorSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise EffscaleError(f"{self.name}: {field}={value!r} must be an integer >= 1")
-        strides = _backbone_levels(self.backbone)
+        deepest = max(backbone_levels(self.backbone))
         if not (isinstance(self.min_level, int) and isinstance(self.max_level, int)
                 and 1 <= self.min_level < self.max_level <= 10):
             raise EffscaleError(f"{self.name}: levels P{self.min_level}-P{self.max_level} must satisfy "
                                 "1 <= min_level < max_level <= 10")
-        if self.min_level > strides:
+        if self.min_level > deepest:
             raise EffscaleError(f"{self.name}: min_level {self.min_level} is beyond the backbone's deepest level "
-                                f"P{strides} (the neck makes levels above the backbone, not below it)")
+                                f"P{deepest} (the neck makes levels above the backbone, not below it)")
         step = 2 ** self.max_level
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < step \
                 or self.resolution % step:
@@ -81,12 +81,10 @@ class DetectorSpec:
             raise EffscaleError(f"{self.name}: aspect_ratios {self.aspect_ratios!r} must be numbers > 0")
 
 
-def _backbone_levels(backbone: NetworkSpec) -> int:
-    """The deepest pyramid level the backbone reaches: log2 of its total stride."""
-    stride = 2  # the stem
-    for stage in backbone.stages:
-        stride *= stage.stride
-    return int(round(math.log2(stride)))
+def backbone_levels(backbone: NetworkSpec) -> dict[int, int]:
+    """Width of the backbone's feature at each pyramid level (level = log2 of its reduction), from
+    the spec's own `feature_levels()`, the levels `features_only` returns."""
+    return {level["reduction"].bit_length() - 1: level["num_chs"] for level in backbone.feature_levels()}
 
 
 # -- EfficientDet ---------------------------------------------------------------------------------------

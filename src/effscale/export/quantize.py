@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import EffscaleError
 from .artifact import _check_out, _load_source, _permissions_as_umask, export
@@ -198,7 +197,7 @@ def _recorded_data(source) -> str:
 
 def _data(spec: str, model, samples: int, eval_samples: int):
     """(calibration batches, held-out batches, held-out labels): preprocessed as the model's spec says."""
-    from ..data import BatchTransform, load_data
+    from ..data import BatchTransform, calibration_images, load_data
 
     if model.features_only or model.num_classes < 1:
         raise EffscaleError("quantize measures top-1 on held-out data: it needs a classifier, not a features_only "
@@ -209,8 +208,7 @@ def _data(spec: str, model, samples: int, eval_samples: int):
     splits = load_data(spec)
     require_matching_data(model, splits.test)
     transform = BatchTransform(network.resolution, network.mean, network.std, train=False, in_chans=splits.in_chans)
-    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:samples]
-    calibration = _batches(transform(splits.train.images[order]).numpy())
+    calibration = _batches(calibration_images(splits.train, network, samples).numpy())
     count = min(eval_samples, len(splits.test))
     held_out = _batches(transform(splits.test.images[:count]).numpy())
     return calibration, held_out, splits.test.labels[:count].numpy()

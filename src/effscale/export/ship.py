@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .manifest import read_manifest, write_manifest
-from .timed import RUNTIME_FORMAT, cached_timing_artifact, check_runtime_precision, open_timed
+from .timed import RUNTIME_FORMAT, TimedModel, cached_timing_artifact, check_runtime_precision
 
 
 def ship_spec(spec, out, *, runtime: str, precision: str, batch: int = 1, threads: int | None = None,
@@ -44,13 +44,10 @@ def ship_spec(spec, out, *, runtime: str, precision: str, batch: int = 1, thread
                 "library": "nncf (OpenVINO IR)" if runtime == "openvino" else "onnxruntime QDQ",
                 "calibration": "synthetic images: latency only; quantize the trained weights with your data",
                 "accuracy": None})
-        if precision != "fp32" or runtime == "openvino":
-            manifest["inference_precision"] = built["float_precision"]
-        timed = open_timed(built, runtime, threads=threads or _cores(), batch=batch, in_chans=manifest["in_chans"],
+        timed = TimedModel(built, runtime, threads=threads or _cores(), batch=batch, in_chans=manifest["in_chans"],
                            resolution=spec.resolution)
         measured = time_call(timed, budget_s=budget_s)
-        manifest["inference_precision"] = timed.float_precision if runtime == "openvino" else \
-            manifest.get("inference_precision", "fp32")
+        manifest["inference_precision"] = timed.float_precision  # what ran, after any fp32 fallback
         manifest["measured"] = {"batch": batch, "threads": threads or _cores(), "median_ms": measured.median_ms,
                                 "runtime": timed.ran}
         write_manifest(artifact, manifest)

@@ -7,7 +7,7 @@ same parity check as any shipped artifact) and, for INT8, quantizes it with the 
 synthetic images. Latency does not depend on the weights' values or on the calibration ranges
 (the kernels and shapes are the same), so no data is needed; accuracy is not measured here.
 
-`open_timed` opens it on its runtime with a fixed thread count, and optionally with the runtime's
+`TimedModel` opens it on its runtime with a fixed thread count, and optionally with the runtime's
 per-node counters (OpenVINO's PERF_COUNT, ONNX Runtime's profiler) that a runtime profile reads
 its layer units from.
 """
@@ -132,10 +132,8 @@ class TimedModel:
                 raise EffscaleError("ONNX Runtime node timing needs trace_dir= for its trace file")
             self.run, self.ran = onnxruntime_runner(path, threads=threads, profile_prefix=prefix)
             self.float_precision = "fp32"
-        self._calls = 0
 
     def __call__(self):
-        self._calls += 1
         return self.run(self.x)
 
     def node_times(self) -> list[tuple[str, float]]:
@@ -159,11 +157,5 @@ class TimedModel:
         return [(op, statistics.median(times[1:] if len(times) > 1 else times)) for op, _, times in ordered]
 
 
-def open_timed(artifact: dict, runtime: str, *, threads: int, batch: int, in_chans: int, resolution: int,
-               profiling: bool = False, trace_dir=None) -> TimedModel:
-    return TimedModel(artifact, runtime, threads=threads, batch=batch, in_chans=in_chans, resolution=resolution,
-                      profiling=profiling, trace_dir=trace_dir)
-
-
-__all__ = ["RUNTIME_PRECISIONS", "TimedModel", "cached_timing_artifact", "check_runtime_precision", "open_timed",
+__all__ = ["RUNTIME_PRECISIONS", "TimedModel", "cached_timing_artifact", "check_runtime_precision",
            "timing_artifact"]

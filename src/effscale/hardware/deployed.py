@@ -77,15 +77,15 @@ class RuntimeNetwork:
     """One spec built for the runtime: a plain runner for whole-network timing, a counted one for units."""
 
     def __init__(self, spec, runtime: str, precision: str, threads: int, batch: int = 1, counted: bool = True):
-        from ..export.timed import cached_timing_artifact, open_timed
+        from ..export.timed import TimedModel, cached_timing_artifact
 
         self.spec, self.runtime, self.batch = spec, runtime, batch
         self.units = network_units(spec, batch=batch, precision=precision)
         self.artifact = cached_timing_artifact(spec, runtime, precision)
         self.directory = self.artifact["directory"]
         shape = dict(threads=threads, batch=batch, in_chans=3, resolution=spec.resolution)
-        self.plain = open_timed(self.artifact, runtime, **shape)
-        self.counted = open_timed(self.artifact, runtime, profiling=True, trace_dir=self.directory, **shape) \
+        self.plain = TimedModel(self.artifact, runtime, **shape)
+        self.counted = TimedModel(self.artifact, runtime, profiling=True, trace_dir=self.directory, **shape) \
             if counted else None
         self.float_precision = self.plain.float_precision
 

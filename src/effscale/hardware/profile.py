@@ -46,11 +46,12 @@ from pathlib import Path
 
 from ..cpuload import cpu_info
 from ..errors import EffscaleError
+from ..export.timed import RUNTIME_PRECISIONS as DEPLOY_PRECISIONS
 
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "bf16")  # torch's; a deploy runtime's are export.timed.RUNTIME_PRECISIONS
-RUNTIMES = ("torch", "openvino", "onnxruntime")
-RUNTIME_PRECISIONS = {"torch": PRECISIONS, "openvino": ("fp32", "bf16", "int8"), "onnxruntime": ("fp32", "int8")}
+PRECISIONS = ("fp32", "bf16")  # torch's; the deploy runtimes' are export.timed's
+RUNTIME_PRECISIONS = {"torch": PRECISIONS, **DEPLOY_PRECISIONS}
+RUNTIMES = tuple(RUNTIME_PRECISIONS)
 LATENCY_METHODS = ("lut", "affine", "roofline")
 
 

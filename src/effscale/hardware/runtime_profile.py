@@ -61,10 +61,16 @@ RUNTIME_PLANS = {
 def measure_runtime_profile(*, runtime: str, threads: int | None, precision: str, quick: bool, progress: bool,
                             tiny: bool, strict: bool = False) -> DeviceProfile:
     """`run_profile(runtime=...)`: see the module docstring."""
+    from ..export.runtimes import require_module
     from ..export.timed import check_runtime_precision
     from .conditions import Watch
 
     check_runtime_precision(runtime, precision)
+    # the export extra, before any measuring (not after the peaks and the first export)
+    require_module("onnxscript" if runtime == "onnxruntime" else "openvino", f"profiling {runtime}")
+    require_module(runtime, f"profiling {runtime}")
+    if precision == "int8":
+        require_module("nncf" if runtime == "openvino" else "onnxruntime.quantization", "INT8 profiles")
     threads = torch.get_num_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise EffscaleError(f"threads={threads!r} must be an integer >= 1")

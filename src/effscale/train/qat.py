@@ -61,17 +61,12 @@ def quantized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class QATHandle:
-    def __init__(self, model: nn.Module, modules, hooks):
-        self.model, self.modules, self.hooks = model, modules, hooks
+    def __init__(self, model: nn.Module):
+        self.model = model
 
     def remove(self) -> None:
         """The plain float model again, keeping the fine-tuned weights (not their rounded copies)."""
-        for handle in self.hooks:
-            handle.remove()
-        for _, module in self.modules:
-            if parametrize.is_parametrized(module, "weight"):
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        self.hooks = []
+        strip_qat(self.model)
 
 
 @torch.no_grad()
@@ -79,11 +74,11 @@ def prepare_qat(model: nn.Module, images: torch.Tensor, batch_size: int = 64) ->
     """Add the INT8 simulation to `model` (module docstring), calibrating the activation ranges on
     `images` (preprocessed, NCHW) in eval mode; the model's train/eval mode is restored after."""
     modules = quantized_modules(model)
-    observers, hooks = [], []
+    observers = []
     for _, module in modules:
         observer = InputFakeQuant()
         observers.append(observer)
-        hooks.append(module.register_forward_pre_hook(observer))
+        module.register_forward_pre_hook(observer)  # strip_qat finds and removes it by its type
     was_training = model.training
     model.eval()
     parameter = next(model.parameters())
@@ -94,7 +89,7 @@ def prepare_qat(model: nn.Module, images: torch.Tensor, batch_size: int = 64) ->
         observer.calibrating = False
     for _, module in modules:
         parametrize.register_parametrization(module, "weight", WeightFakeQuant())
-    return QATHandle(model, modules, hooks)
+    return QATHandle(model)
 
 
 def strip_qat(model: nn.Module) -> None:

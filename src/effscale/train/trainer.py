@@ -638,18 +638,16 @@ def _finish(run: _Run) -> dict:
 
 
 QAT_LR_FACTOR = 0.1  # --qat without --lr: a tenth of the recipe's rate (a fine-tune, not a new run)
-QAT_CALIBRATION = 300  # images for the activation ranges, as `effscale quantize` calibrates
 
 
 def _prepare_qat(run: _Run, model: nn.Module) -> None:
     """INT8 simulation on `model` (qat.py), ranges from the training images quantize would use."""
     from .qat import prepare_qat
 
-    train_split = run.splits.train
-    order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(0))[:QAT_CALIBRATION]
-    transform = BatchTransform(run.spec.resolution, run.spec.mean, run.spec.std, train=False,
-                               in_chans=train_split.in_chans)
-    prepare_qat(model, transform(train_split.images[order]))
+    from ..data import calibration_images
+    from ..export.quantize import CALIBRATION_SAMPLES  # the images `effscale quantize` calibrates on
+
+    prepare_qat(model, calibration_images(run.splits.train, run.spec, CALIBRATION_SAMPLES))
 
 
 def _ship_qat(run: _Run) -> dict:
@@ -663,7 +661,11 @@ def _ship_qat(run: _Run) -> dict:
         return {"int8": None, "int8_command": command, "note": "the export extra is not installed"}
     from ..export.quantize import quantize
 
-    manifest = quantize(run.out / "model.safetensors", run.out / "int8", format=format, calib=run.config.data)
+    from ..export.manifest import is_artifact, read_manifest
+
+    int8 = run.out / "int8"  # a resumed, finished run has it already
+    manifest = read_manifest(int8) if is_artifact(int8) else \
+        quantize(run.out / "model.safetensors", int8, format=format, calib=run.config.data)
     return {"int8": manifest["quantization"]["accuracy"], "int8_dir": str(run.out / "int8"), "format": format,
             "int8_command": command}
 
