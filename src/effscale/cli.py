@@ -117,6 +117,12 @@ def _roofline(spec, args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from .dense.io import is_dense_file
+
+    if is_dense_file(args.weights):
+        return _predict_dense(args)
+    if args.out:
+        raise EffscaleError("--out is for detector / segmenter weights (drawings); a classifier prints its top-k")
     from .predict import predict_images
 
     results = predict_images(args.images, weights=args.weights, model=args.model, top_k=args.top_k,
@@ -127,6 +133,47 @@ def cmd_predict(args) -> None:
         print(result["image"])
         for rank, entry in enumerate(result["top_k"], 1):
             print(f"  {rank}. {entry['label']:<30} {entry['prob']:7.2%}  (class {entry['index']})")
+
+
+def _predict_dense(args) -> None:
+    from .dense_predict import predict_dense
+
+    rows = predict_dense(args.images, args.weights, args.out or "predictions", score_threshold=args.score_threshold)
+    if args.json:
+        return _print_json(rows)
+    for row in rows:
+        print(f"{row['image']} -> {row['drawing']}")
+        for found in row.get("detections", []):
+            print(f"  {found['label']:<20} {found['score']:.2f}  box {found['box_xyxy']}")
+        if "image_class" in row:
+            print(f"  image class: {row['image_class']}")
+        if "pixels" in row:
+            total = sum(row["pixels"].values())
+            print("  " + ", ".join(f"{name} {count / total:.1%}" for name, count in row["pixels"].items()))
+
+
+def cmd_make_dense_task(args) -> None:
+    from .dense.synth import make_dense_task
+
+    summary = make_dense_task(args.out, train_images=args.train_images, test_images=args.test_images,
+                              size=args.size, seed=args.seed)
+    if args.json:
+        return _print_json(summary)
+    for split in ("train", "test"):
+        row = summary[split]
+        print(f"{split}: {row['images']} images, {row['objects']} objects ({row['small']} small, {row['medium']} "
+              f"medium, {row['large']} large by COCO area)")
+    print(f"written to {args.out}: detection --data coco:{args.out}, segmentation --data masks:{args.out}")
+
+
+def _weights_arg(text: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two comma-separated numbers, e.g. 1,0.5")
+    return values
 
 
 def _threads_arg(text: str) -> int | None:
@@ -147,10 +194,18 @@ def cmd_train(args) -> None:
     options = {key: getattr(args, key) for key in (
         "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
         "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
-        "distill_alpha", "distill_temperature", "threads", "qat")}
+        "distill_alpha", "distill_temperature", "threads", "qat", "task", "box_loss", "mask_loss", "loss_weights")}
     summary = train(TrainConfig(**options, command=_command_line(args)))
     if args.json:
         return _print_json(summary)
+    if summary["task"] != "classification":
+        metric = (f"test mAP {summary['test_map']:.2f}, mAP@.5 {summary['test_map_50']:.2f}"
+                  if summary["task"] == "detection" else
+                  f"test mIoU {summary['test_miou']:.2f} %, pixel accuracy {summary['test_pixel_accuracy']:.2f} %"
+                  + (f", image top-1 {summary['test_top1']:.2f} %" if summary["task"] == "multitask" else ""))
+        print(f"{metric} | params {_human(summary['params'])} | MACs {_human(summary['macs'])} | {summary['steps']} "
+              f"steps in {summary['wall_s']:.0f} s | weights: {summary['weights']}")
+        return None
     print(f"test top-1 {summary['test_top1']:.2f} %, top-5 {summary['test_top5']:.2f} % | "
           f"params {_human(summary['params'])} | MACs {_human(summary['macs'])} | {summary['steps']} steps in "
           f"{summary['wall_s']:.0f} s | weights: {summary['weights']}")
@@ -163,6 +218,27 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .dense.io import is_dense_file
+
+    if is_dense_file(args.weights):
+        from .dense_predict import evaluate_dense_weights
+
+        result = evaluate_dense_weights(args.weights, args.data)
+        if args.json:
+            return _print_json(result)
+        if result["task"] == "detection":
+            sizes = ", ".join(f"{size} {result['map_' + size]:.2f}" for size in ("small", "medium", "large")
+                              if result["map_" + size] is not None)
+            print(f"{result['weights']} on {result['data']}: mAP@[.5:.95] {result['map']:.2f}, mAP@.5 "
+                  f"{result['map_50']:.2f}, mAP@.75 {result['map_75']:.2f}; by size: {sizes} ({result['samples']} "
+                  "images, COCO metrics by faster-coco-eval)")
+        else:
+            top1 = f", image top-1 {result['top1']:.2f} %" if "top1" in result else ""
+            print(f"{result['weights']} on {result['data']}: mIoU {result['miou']:.2f} %, pixel accuracy "
+                  f"{result['pixel_accuracy']:.2f} %{top1} ({result['samples']} images)")
+            _table("IoU per class", ["class", "IoU %"],
+                   [[name, "-" if v is None else f"{v:.1f}"] for name, v in result["iou"].items()])
+        return None
     from .train import evaluate_weights
 
     result = evaluate_weights(args.weights, args.data, batch_size=args.batch_size, runtime=args.runtime)
@@ -265,11 +341,16 @@ def cmd_search(args) -> None:
 
 
 def cmd_study(args) -> None:
+    if args.task != "classification":
+        return _dense_study(args)
+    if args.model is None:
+        raise EffscaleError("study needs --model (the base to scale), e.g. --model effscale_lab")
     from .search import StudyConfig, run_study
 
-    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    strategies = tuple(s.strip() for s in (args.strategies or "compound,depth,width,resolution").split(",")
+                       if s.strip())
     result = run_study(StudyConfig(
-        model=args.model, data=args.data, out=args.out, targets=_numbers(args.targets, "--targets"),
+        model=args.model, data=args.data, out=args.out, targets=_numbers(args.targets or "2,4,8", "--targets"),
         seeds=args.seeds, phi=args.phi, budget=args.budget, rule=_rule(args), strategies=strategies,
         progress=not args.json, command=_command_line(args)))
     if args.json:
@@ -279,6 +360,29 @@ def cmd_study(args) -> None:
            [[s["strategy"], f"{s['target']:g}x", _human(s["macs"]), f"{s['macs_ratio']:.3f}",
              "yes" if s["matched"] else "NO", _human(s["params"]), f"{s['top1_mean']:.2f}",
              f"{s['top1_min']:.2f}..{s['top1_max']:.2f}", f"{s['latency_ms']:.2f}"] for s in result["summary"]])
+    print(f"report: {result['report']}")
+
+
+def _dense_study(args) -> None:
+    from .search.dense_study import METRICS, DenseStudyConfig, run_dense_study
+
+    if args.phi is not None or any(getattr(args, k) is not None for k in ("alpha", "beta", "gamma")):
+        raise EffscaleError(f"--task {args.task}: the study's base is --model (e.g. efficientdet@-3,max_level=5); "
+                            "--phi / --alpha / --beta / --gamma are for the classification study")
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip()) if args.strategies else None
+    result = run_dense_study(DenseStudyConfig(
+        task=args.task, data=args.data, out=args.out, model=args.model,
+        targets=tuple(_numbers(args.targets or "2", "--targets")), seeds=args.seeds, epochs=args.epochs,
+        strategies=strategies, command=_command_line(args)))
+    if args.json:
+        return _print_json(result)
+    metrics = METRICS[args.task]
+    _table(f"{result['task']} study, base {result['base']} on {result['data']}: mean over {result['seeds']} seed(s)",
+           ["strategy", "target", "MACs", "x base", "matched", "input"] + [m.replace("test_", "") for m in metrics],
+           [[s["strategy"], f"{s['target']:g}x", _human(s["macs"]), f"{s['macs_ratio']:.3f}",
+             "yes" if s["matched"] else "NO", str(s["resolution"])]
+            + [f"{s[m + '_mean']:.2f} ({s[m + '_min']:.2f}..{s[m + '_max']:.2f})" for m in metrics]
+            for s in result["summary"]])
     print(f"report: {result['report']}")
 
 
@@ -440,11 +544,33 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--runtime", choices=RUNTIMES,
                          help="for an exported artifact directory: the runtime to run it on (default: its own)")
+    predict.add_argument("--out", help="detector / segmenter weights: folder for the drawings (default predictions)")
+    predict.add_argument("--score-threshold", type=float, default=0.3,
+                         help="detector: draw and list detections above this score (default 0.3)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
 
+    dense = commands.add_parser("make-dense-task", help="write the bundled detection / segmentation task (COCO JSON "
+                                                        "+ mask PNGs of Fashion-MNIST objects on textures)")
+    dense.add_argument("out", help="directory to write (train/ and test/ with images, masks, instances.json)")
+    dense.add_argument("--train-images", type=int, default=800)
+    dense.add_argument("--test-images", type=int, default=200)
+    dense.add_argument("--size", type=int, default=128, help="scene side in pixels (default 128)")
+    dense.add_argument("--seed", type=int, default=0)
+    dense.add_argument("--json", action="store_true")
+    dense.set_defaults(func=cmd_make_dense_task)
+
     train = commands.add_parser("train", help="train a model on a dataset (CPU by default; torchrun for DDP)")
-    train.add_argument("--data", required=True, help="fashion-mnist (bundled), idx:DIR or folder:DIR")
+    train.add_argument("--data", required=True, help="fashion-mnist (bundled), idx:DIR or folder:DIR; dense tasks: "
+                                                      "coco:DIR, coco:ANNOTATIONS.json,IMAGES_DIR or masks:DIR")
+    train.add_argument("--task", default="classification",
+                       choices=["classification", "detection", "segmentation", "multitask"],
+                       help="detection / segmentation / multitask train a dense model (--model efficientdet@PHI, "
+                            "efficientdet_d0..d7x, segmenter@PHI or multitask@PHI; default phi -3 at 128 px)")
+    train.add_argument("--loss-weights", type=_weights_arg, default=(1.0, 1.0), metavar="MASKS,IMAGE",
+                       help="multitask: weights of the mask loss and the image classification loss (default 1,1)")
+    train.add_argument("--box-loss", default="huber", choices=["huber", "giou"], help="detection box loss")
+    train.add_argument("--mask-loss", default="ce", choices=["ce", "ce+dice"], help="segmentation loss")
     train.add_argument("--out", required=True, help="run directory: checkpoint, metrics.jsonl, summary.json, weights")
     train.add_argument("--recipe", default="quick", help="quick (minutes on a CPU) or paper (the published recipe)")
     train.add_argument("--model", help="model name or spec file (default: the recipe's model)")
@@ -476,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix")
     evaluate.add_argument("weights", help="a run directory, an effscale .safetensors file or an exported artifact")
-    evaluate.add_argument("--data", required=True, help="fashion-mnist, idx:DIR or folder:DIR (its test split)")
+    evaluate.add_argument("--data", required=True, help="fashion-mnist, idx:DIR or folder:DIR (its test split); "
+                                                         "detectors / segmenters: coco:... or masks:...")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--runtime", choices=RUNTIMES,
                           help="for an exported artifact directory: the runtime to run it on (default: its own)")
@@ -536,13 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     study = commands.add_parser("study", help="compound vs depth/width/resolution-only scaling at matched MACs")
-    study.add_argument("--model", required=True, help="base (as for search)")
+    study.add_argument("--task", default="classification",
+                       choices=["classification", "detection", "segmentation", "multitask"],
+                       help="dense tasks: strategies at matched MACs of the whole model (detection adds EfficientDet's "
+                            "joint rule), multitask compares resolution- vs width-biased rules")
+    study.add_argument("--model", help="base (as for search; required for classification; dense tasks default to "
+                                       "the task's phi -3 model)")
     study.add_argument("--phi", type=float, help="compound-scale the base by phi first")
     study.add_argument("--data", required=True, help="fashion-mnist, idx:DIR, folder:DIR or synthetic-series")
-    study.add_argument("--targets", default="2,4,8", help="FLOPs multiples of the base (default 2,4,8)")
+    study.add_argument("--targets", help="FLOPs multiples of the base (default 2,4,8; dense tasks 2)")
     study.add_argument("--seeds", type=int, default=1, help="seeds per model (spread is reported)")
+    study.add_argument("--epochs", type=int, default=12, help="dense tasks: epochs per model (default 12)")
     study.add_argument("--budget", default="quick", help="tiny, short, quick or standard")
-    study.add_argument("--strategies", default="compound,depth,width,resolution")
+    study.add_argument("--strategies", help="default compound,depth,width,resolution (dense: all of the task's)")
     study.add_argument("--alpha", type=float, help="compound rule (default EfficientNet's 1.2)")
     study.add_argument("--beta", type=float, help="default 1.1")
     study.add_argument("--gamma", type=float, help="default 1.15")

@@ -13,7 +13,9 @@ from .zoo import resolve_image_spec
 def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in_chans: int = 3,
                  weights: str | os.PathLike | None = None, features_only: bool = False,
                  **overrides) -> nn.Module:
-    """Build a model from a name in `list_models()` or a NetworkSpec.
+    """Build a model from a name in `list_models()` or a NetworkSpec; detectors and segmenters from
+    their names (`efficientdet_d0`..`d7x`, `efficientdet@PHI`, `segmenter@PHI`, see
+    dense.DENSE_NAME_FORMS) or a DetectorSpec / SegmenterSpec, with `num_classes` object classes.
 
     `overrides` replace spec fields (e.g. `padding="same"` for TF-ported weights, `bn_eps=1e-5`,
     `drop_path_rate=0.1`); their names are recorded in `model.explicit_fields`, and loading
@@ -22,6 +24,9 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     named model, set with a warning for a NetworkSpec that differs (see
     `weights.model_from_checkpoint`, `weights.load_weights`).
     """
+    if _is_dense(name_or_spec):
+        return _create_dense(name_or_spec, num_classes=num_classes, in_chans=in_chans, weights=weights,
+                             features_only=features_only, overrides=overrides)
     if weights is not None:
         from .weights import model_from_checkpoint
         return model_from_checkpoint(weights, name_or_spec, num_classes=num_classes, in_chans=in_chans,
@@ -30,3 +35,30 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     model = EfficientNet(spec, num_classes=num_classes, in_chans=in_chans, features_only=features_only)
     model.explicit_fields = frozenset(overrides)  # the user's choices win over a checkpoint's (load_weights)
     return model
+
+
+def _is_dense(reference) -> bool:
+    from .dense.spec import DetectorSpec, EFFICIENTDET_TABLE, SegmenterSpec
+
+    if isinstance(reference, (DetectorSpec, SegmenterSpec)):
+        return True
+    return isinstance(reference, str) and (reference.split(",")[0] in EFFICIENTDET_TABLE
+                                           or reference.startswith(("efficientdet@", "segmenter@")))
+
+
+def _create_dense(reference, *, num_classes, in_chans, weights, features_only, overrides) -> nn.Module:
+    import dataclasses
+
+    from .dense.io import load_dense_model
+    from .dense.modules import build_dense_model
+    from .dense.spec import resolve_dense_spec
+    from .errors import EffscaleError
+
+    if features_only or overrides:
+        raise EffscaleError("detectors and segmenters take no features_only or spec overrides here; give "
+                            "overrides in the name (e.g. 'efficientdet@-3,anchor_scale=2')")
+    if weights is not None:
+        return load_dense_model(weights)
+    spec = resolve_dense_spec(reference, num_classes=num_classes) if isinstance(reference, str) \
+        else dataclasses.replace(reference, num_classes=num_classes)
+    return build_dense_model(spec, in_chans)

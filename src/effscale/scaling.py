@@ -48,6 +48,9 @@ class Coefficients:
         return self.depth * self.width ** 2 * self.resolution ** 2
 
 
+RULE_BIASES = ("resolution", "width")
+
+
 @dataclass(frozen=True)
 class ScalingRule:
     """alpha (depth), beta (width), gamma (resolution), each >= 1; EfficientNet's by default."""
@@ -75,6 +78,22 @@ class ScalingRule:
             raise EffscaleError(f"phi={phi:g} takes alpha**phi, beta**phi or gamma**phi (alpha={self.alpha:g}, "
                                 f"beta={self.beta:g}, gamma={self.gamma:g}) out of the range of a float")
         return Coefficients(depth=powers[0], width=powers[1], resolution=powers[2])
+
+    def biased(self, toward: str, strength: float = 1.05) -> "ScalingRule":
+        """The rule leaned toward resolution (gamma x strength) or width (beta x strength), alpha
+        divided by strength^2 so that alpha * beta^2 * gamma^2, the FLOPs per unit of phi, is
+        unchanged: the same phi costs the same, spent differently (multi-task heads where one task
+        wants resolution, another width)."""
+        if toward not in RULE_BIASES:
+            raise EffscaleError(f"rule bias {toward!r} is unknown; allowed: {', '.join(RULE_BIASES)}")
+        strength = _checked_number("strength", strength, 1, inclusive=True)
+        alpha = self.alpha / strength ** 2
+        if alpha < 1:
+            raise EffscaleError(f"a {toward} bias of {strength:g} takes alpha to {alpha:.4g} < 1 (alpha={self.alpha:g}); "
+                                f"allowed: strength up to {math.sqrt(self.alpha):.4g}")
+        if toward == "resolution":
+            return ScalingRule(alpha, self.beta, self.gamma * strength)
+        return ScalingRule(alpha, self.beta * strength, self.gamma)
 
     def check_constraint(self, target: float = 2.0, tolerance: float = 0.1) -> None:
         """Raise unless alpha * beta**2 * gamma**2 is within `tolerance` (relative) of `target`."""

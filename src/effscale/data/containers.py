@@ -10,8 +10,29 @@ import torch
 from ..errors import EffscaleError
 
 
+class ImageRows:
+    """What every in-memory dataset with `images` (uint8 N x C x H x W) and `classes` answers:
+    shared by ImageDataset and dense.DenseDataset."""
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the stored images."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(ImageRows):
     """Images held in memory: uint8 N x C x H x W (C = 1 grayscale or 3 RGB) and int64 labels."""
 
     images: torch.Tensor
@@ -38,24 +59,8 @@ class ImageDataset:
             raise EffscaleError(f"dataset {self.name!r}: labels span {int(labels.min())}..{int(labels.max())}, "
                                 f"allowed 0..{len(self.classes) - 1} for {len(self.classes)} classes")
 
-    @property
-    def in_chans(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of the stored images."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape

@@ -71,7 +71,9 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, seed: int, epoch:
     Without drop_last the last batch may be smaller; with it, a rank whose shard is smaller than
     one batch gets no batches (see `batches_per_epoch`).
     """
-    if not isinstance(dataset, ImageDataset):
+    # any in-memory dataset with row-aligned `images` and `labels` (ImageDataset, dense.DenseDataset)
+    if not (isinstance(getattr(dataset, "images", None), torch.Tensor)
+            and isinstance(getattr(dataset, "labels", None), torch.Tensor)):
         raise EffscaleError(f"expected an ImageDataset, got {type(dataset).__name__}")
     _check_int("seed", seed, -(2 ** 63))
     _check_int("epoch", epoch, 0)
@@ -93,4 +95,6 @@ def _batches(dataset: ImageDataset, indices: torch.Tensor, batch_size: int, star
              total_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for batch in range(start_batch, total_batches):
         chosen = indices[batch * batch_size:(batch + 1) * batch_size]
-        yield dataset.images.index_select(0, chosen), dataset.labels.index_select(0, chosen)
+        batch = (dataset.images.index_select(0, chosen), dataset.labels.index_select(0, chosen))
+        extra = getattr(dataset, "extra_labels", None)  # e.g. a multi-task dataset's image classes
+        yield batch if extra is None else batch + (extra.index_select(0, chosen),)

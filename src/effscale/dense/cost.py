@@ -10,7 +10,9 @@ this reproduces; paper Tan, Pang & Le 2020):
   level from min+1 up to max; every node fuses its inputs with one learned weight each (fast
   normalised fusion), then swish and a separable conv (3x3 depthwise, no bias; 1x1 pointwise
   with bias) and batch norm. In the first layer, every edge carrying a backbone feature whose
-  width differs from the BiFPN's gets its own 1x1 conv + batch norm;
+  width differs from the BiFPN's gets its own 1x1 conv + batch norm (including the top level
+  entering the first top-down node when the pyramid ends inside the backbone, e.g. P3-P5; the
+  released models always have levels above it, so there it never applies);
 - class and box heads, shared across levels: `head_layers` separable convs (as above) with a
   batch norm per level, then a separable prediction conv to anchors x classes (x 4 for boxes).
 The reference keeps a conv bias before every batch norm (its "redundant bias"), counted here.
@@ -18,7 +20,7 @@ The reference keeps a conv bias before every batch norm (its "redundant bias"), 
 from __future__ import annotations
 
 from ..cost import cost
-from .spec import DetectorSpec, backbone_levels
+from .spec import DetectorSpec, SegmenterSpec, backbone_levels
 
 
 def level_channels(spec: DetectorSpec) -> dict[int, int]:
@@ -44,7 +46,7 @@ def detector_params(spec: DetectorSpec) -> dict:
     if spec.max_level > deepest and features[deepest] != width:
         resample += _conv_bn(features[deepest], width)  # the first level above the backbone
     # original-feature edges of the first layer: top-down nodes min..max-1, bottom-up min+1..max
-    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]
+    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]] + [levels[-1]]  # + top into top-down
     first_layer = sum(_conv_bn(features[lvl], width) for lvl in edges
                       if lvl <= deepest and lvl in features and features[lvl] != width)
     top_down = len(levels) - 1
@@ -72,7 +74,7 @@ def detector_macs(spec: DetectorSpec, batch: int = 1) -> dict:
     backbone = sum(r.macs for r in rows if not r.name.startswith(("head.", "classifier", "pool")))
     resample = pixels[deepest] * features[deepest] * width \
         if spec.max_level > deepest and features[deepest] != width else 0
-    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]
+    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]] + [levels[-1]]
     first_layer = sum(pixels[lvl] * features[lvl] * width for lvl in edges
                       if lvl <= deepest and lvl in features and features[lvl] != width)
     separable = width * 9 + width * width  # per output pixel of a width -> width separable conv
@@ -89,4 +91,41 @@ def detector_macs(spec: DetectorSpec, batch: int = 1) -> dict:
     return {**parts, "total": sum(parts.values())}
 
 
-__all__ = ["detector_macs", "detector_params", "level_channels"]
+def _backbone_rows(spec):
+    rows = cost(spec.backbone, num_classes=0, batch=1).layers
+    return [r for r in rows if not r.name.startswith(("head.", "classifier", "pool"))]
+
+
+def segmenter_cost(spec: SegmenterSpec) -> dict:
+    """{"params": {part: n}, "macs": {part: n}} of a `SegmenterSpec` as `modules.Segmenter` builds it:
+    laterals (1x1 conv with bias), per-level 3x3 conv (no bias) + batch norm, 1x1 classifier over
+    background + classes at the output stride (the final bilinear upsampling has no MACs)."""
+    width, features = spec.decoder_channels, level_channels(spec)
+    pixels = {lvl: (spec.resolution // 2 ** lvl) ** 2 for lvl in spec.levels}
+    outputs = spec.num_classes + 1
+    finest = pixels[spec.levels[0]]
+    rows = _backbone_rows(spec)
+    params = {"backbone": sum(r.params for r in rows),
+              "laterals": sum(features[lvl] * width + width for lvl in spec.levels),
+              "decoder": len(spec.levels) * (9 * width * width + 2 * width),
+              "classifier": width * outputs + outputs,
+              "image_head": features[spec.levels[-1]] * spec.num_classes + spec.num_classes if spec.classify else 0}
+    macs = {"backbone": sum(r.macs for r in rows),
+            "laterals": sum(pixels[lvl] * features[lvl] * width for lvl in spec.levels),
+            "decoder": sum(pixels[lvl] * 9 * width * width for lvl in spec.levels),
+            "classifier": finest * width * outputs,
+            "image_head": features[spec.levels[-1]] * spec.num_classes if spec.classify else 0}
+    return {"params": {**params, "total": sum(params.values())}, "macs": {**macs, "total": sum(macs.values())}}
+
+
+def dense_cost(spec) -> dict:
+    """{"params", "macs"} totals and by part, for a detector or a segmenter spec."""
+    if isinstance(spec, DetectorSpec):
+        params, macs = detector_params(spec), detector_macs(spec)
+    else:
+        counted = segmenter_cost(spec)
+        params, macs = counted["params"], counted["macs"]
+    return {"params": params["total"], "macs": macs["total"], "params_by_part": params, "macs_by_part": macs}
+
+
+__all__ = ["dense_cost", "detector_macs", "detector_params", "level_channels", "segmenter_cost"]

@@ -9,15 +9,18 @@ stride 2 from the finer one.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..nn.network import EfficientNet
 from .cost import level_channels
-from .spec import DetectorSpec
+from .spec import DetectorSpec, SegmenterSpec
 
 FUSION_EPS = 1e-4
+PRIOR = 0.01
 BN = dict(eps=1e-3, momentum=0.01)  # the reference's batch norm in the neck and heads
 
 
@@ -85,7 +88,10 @@ class BiFPNLayer(nn.Module):
         # running list: 0..count-1 are the inputs (levels ascending), then each node's output
         previous = count - 1
         for index in range(count - 2, -1, -1):  # top-down
-            nodes.append(FusionNode([index, previous], width, convert((0, levels[index]))))
+            # the first node's second input is the raw top level (a backbone feature when the
+            # pyramid ends inside the backbone, e.g. P3-P5)
+            pairs = [(0, levels[index])] + ([(1, levels[-1])] if index == count - 2 else [])
+            nodes.append(FusionNode([index, previous], width, convert(*pairs)))
             self.targets.append(index)
             previous = count + len(nodes) - 1
         top_down = {index: count + k for k, index in enumerate(range(count - 2, -1, -1))}
@@ -150,6 +156,10 @@ class EfficientDet(nn.Module):
         self.bifpn = nn.ModuleList(layers)
         self.class_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * spec.num_classes)
         self.box_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * 4)
+        # Focal-loss start (Lin et al.): every anchor begins at foreground probability 0.01.
+        nn.init.constant_(self.class_head.predict.pointwise.bias, -math.log((1 - PRIOR) / PRIOR))
+        self.in_chans, self.num_classes = in_chans, spec.num_classes
+        _neck_momentum(self, spec.backbone.bn_momentum)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         pyramid = self.backbone(images)
@@ -165,4 +175,51 @@ class EfficientDet(nn.Module):
         return self.class_head(features), self.box_head(features)
 
 
-__all__ = ["BiFPNLayer", "EfficientDet", "FusionNode", "Head", "SeparableConv"]
+class Segmenter(nn.Module):
+    """`forward(images)` -> logits B x (1 + classes) x H x W (class 0 = background); see SegmenterSpec."""
+
+    def __init__(self, spec: SegmenterSpec, in_chans: int = 3):
+        super().__init__()
+        self.spec, self.in_chans, self.num_classes = spec, in_chans, spec.num_classes
+        self.backbone = EfficientNet(spec.backbone, num_classes=0, in_chans=in_chans, features_only=True)
+        reductions = [info["reduction"] for info in self.backbone.feature_info]
+        self._indices = [reductions.index(2 ** level) for level in spec.levels]
+        features = level_channels(spec)
+        width = spec.decoder_channels
+        self.laterals = nn.ModuleList(nn.Conv2d(features[level], width, 1) for level in spec.levels)
+        self.smooth = nn.ModuleList(nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
+                                                  nn.BatchNorm2d(width), nn.SiLU()) for _ in spec.levels)
+        self.classifier = nn.Conv2d(width, spec.num_classes + 1, 1)
+        # multi-task: image classes from the pooled deepest backbone feature
+        self.image_head = nn.Linear(features[spec.levels[-1]], spec.num_classes) if spec.classify else None
+        _neck_momentum(self, spec.backbone.bn_momentum)
+
+    def forward(self, images: torch.Tensor):
+        """Mask logits B x (1 + classes) x H x W; multi-task: (those, image logits B x classes)."""
+        pyramid = self.backbone(images)
+        features = [lateral(pyramid[i]) for lateral, i in zip(self.laterals, self._indices)]
+        for k in range(len(features) - 2, -1, -1):  # top-down: coarser maps added into finer ones
+            features[k] = features[k] + F.interpolate(features[k + 1], size=features[k].shape[-2:], mode="nearest")
+        size = features[0].shape[-2:]
+        fused = sum(F.interpolate(smooth(x), size=size, mode="bilinear", align_corners=False) if k else smooth(x)
+                    for k, (smooth, x) in enumerate(zip(self.smooth, features)))
+        masks = F.interpolate(self.classifier(fused), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.image_head is None:
+            return masks
+        return masks, self.image_head(pyramid[self._indices[-1]].mean((2, 3)))
+
+
+def _neck_momentum(model: nn.Module, momentum: float) -> None:
+    """Neck and head batch norms follow the backbone's momentum: the reference's 0.01 by default, a
+    recipe's own (the quick recipe's 0.1) in training. At 0.01 a short run ends with running
+    statistics far from the batch statistics, and eval-mode outputs are then meaningless."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d) and not name.startswith("backbone."):
+            module.momentum = momentum
+
+
+def build_dense_model(spec, in_chans: int = 3) -> nn.Module:
+    return EfficientDet(spec, in_chans) if isinstance(spec, DetectorSpec) else Segmenter(spec, in_chans)
+
+
+__all__ = ["BiFPNLayer", "EfficientDet", "FusionNode", "Head", "SeparableConv", "Segmenter", "build_dense_model"]

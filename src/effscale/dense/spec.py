@@ -39,6 +39,7 @@ class DetectorSpec:
     num_classes: int = 90
     num_scales: int = 3  # anchor scales per level
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_scale: float = 4.0  # anchor size at level l = anchor_scale * 2^l (the reference's 4)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,6 +80,9 @@ class DetectorSpec:
                                 f"{self.max_level} times); e.g. {lower} or {lower + step}")
         if not self.aspect_ratios or any(not (isinstance(r, (int, float)) and r > 0) for r in self.aspect_ratios):
             raise EffscaleError(f"{self.name}: aspect_ratios {self.aspect_ratios!r} must be numbers > 0")
+        if isinstance(self.anchor_scale, bool) or not isinstance(self.anchor_scale, (int, float)) \
+                or not math.isfinite(self.anchor_scale) or self.anchor_scale <= 0:
+            raise EffscaleError(f"{self.name}: anchor_scale={self.anchor_scale!r} must be a finite number > 0")
 
 
 def backbone_levels(backbone: NetworkSpec) -> dict[int, int]:
@@ -162,5 +166,152 @@ def fast_scaling_coefficients(factor: float, alpha: float = 0.8) -> Coefficients
                         resolution=factor ** ((1 - alpha) / 4))
 
 
-__all__ = ["DetectorSpec", "EFFICIENTDET_TABLE", "efficientdet", "efficientdet_formula", "fast_scaling",
-           "fast_scaling_coefficients"]
+# -- segmenters -----------------------------------------------------------------------------------------
+OUTPUT_STRIDES = (4, 8)
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """A semantic segmenter: the backbone's pyramid from stride `output_stride` to its deepest level,
+    an FPN-style decoder of width `decoder_channels` (1x1 laterals, top-down upsample-and-add, a
+    3x3 conv per level, all brought to `output_stride` and summed), a 1x1 classifier over
+    background + `num_classes`, upsampled bilinearly to the input."""
+
+    name: str
+    backbone: NetworkSpec
+    resolution: int
+    decoder_channels: int = 64
+    output_stride: int = 4
+    num_classes: int = 10  # object classes; the segmenter also predicts background (class 0)
+    classify: bool = False  # multi-task: also an image-level classification head over the same classes
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if self.backbone.resolution != self.resolution:
+            object.__setattr__(self, "backbone", self.backbone.replace(resolution=self.resolution))
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        deepest = max(backbone_levels(self.backbone))
+        return tuple(range(self.output_stride.bit_length() - 1, deepest + 1))
+
+    def validate(self) -> None:
+        if not isinstance(self.backbone, NetworkSpec):
+            raise EffscaleError(f"{self.name}: backbone must be a NetworkSpec, got {type(self.backbone).__name__}")
+        for field in ("decoder_channels", "num_classes"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EffscaleError(f"{self.name}: {field}={value!r} must be an integer >= 1")
+        if not isinstance(self.classify, bool):
+            raise EffscaleError(f"{self.name}: classify={self.classify!r} must be True or False")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise EffscaleError(f"{self.name}: output_stride={self.output_stride!r} is not allowed; allowed: "
+                                f"{', '.join(map(str, OUTPUT_STRIDES))}")
+        step = 2 ** max(backbone_levels(self.backbone))
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < step \
+                or self.resolution % step:
+            raise EffscaleError(f"{self.name}: input resolution {self.resolution!r} must be a multiple of the "
+                                f"backbone's total stride {step}")
+
+
+def segmenter(phi: float = 0.0, *, num_classes: int = 10, resolution: int | None = None, classify: bool = False,
+              rule: str = "compound") -> SegmenterSpec:
+    """The segmenter scaled by one phi: backbone B0 compound-scaled by phi, decoder width
+    64 * 1.35^phi (EfficientDet's neck rule, to a multiple of 8), input the backbone's compound
+    resolution rounded to a multiple of 32 unless `resolution` is given. `classify` adds the
+    image-level head (multi-task); `rule` "resolution" / "width" scales the backbone with
+    EfficientNet's rule leaned that way at the same FLOPs per phi (`ScalingRule.biased`)."""
+    from ..scaling import RULE_BIASES, ScalingRule
+
+    if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi):
+        raise EffscaleError(f"phi={phi!r} must be a finite number")
+    if rule not in ("compound",) + RULE_BIASES:
+        raise EffscaleError(f"rule {rule!r} is unknown; allowed: compound, {', '.join(RULE_BIASES)}")
+    chosen = ScalingRule() if rule == "compound" else ScalingRule().biased(rule)
+    backbone = compound(EFFICIENTNET_B0, phi, chosen) if phi else EFFICIENTNET_B0
+    size = resolution if resolution is not None else max(32, _nearest(backbone.resolution / 32) * 32)
+    width = max(WIDTH_DIVISOR, _nearest(64 * 1.35 ** phi / WIDTH_DIVISOR) * WIDTH_DIVISOR)
+    kind = "multitask" if classify else "segmenter"
+    suffix = "" if rule == "compound" else f"-{rule}"
+    return SegmenterSpec(name=f"{kind}-phi{phi:g}{suffix}", backbone=backbone, resolution=size,
+                         decoder_channels=width, num_classes=num_classes, classify=classify)
+
+
+# -- text form and names --------------------------------------------------------------------------------
+_KINDS = {"detector": DetectorSpec, "segmenter": SegmenterSpec}
+
+
+def dense_spec_to_dict(spec) -> dict:
+    """A JSON-able dict that `dense_spec_from_dict` turns back into the same spec."""
+    kind = next((k for k, cls in _KINDS.items() if isinstance(spec, cls)), None)
+    if kind is None:
+        raise EffscaleError(f"not a dense spec: {type(spec).__name__}")
+    fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+    fields["backbone"] = spec.backbone.to_text()
+    if "aspect_ratios" in fields:
+        fields["aspect_ratios"] = list(fields["aspect_ratios"])
+    return {"kind": kind, **fields}
+
+
+def dense_spec_from_dict(data: dict):
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    if kind not in _KINDS:
+        raise EffscaleError(f"dense spec kind {kind!r} is unknown; allowed: {', '.join(_KINDS)}")
+    fields["backbone"] = NetworkSpec.from_text(fields["backbone"])
+    if "aspect_ratios" in fields:
+        fields["aspect_ratios"] = tuple(fields["aspect_ratios"])
+    return _KINDS[kind](**fields)
+
+
+DENSE_NAME_FORMS = ("efficientdet_d0 .. efficientdet_d7x, efficientdet@PHI (any phi, e.g. efficientdet@-3), "
+                    "segmenter@PHI, multitask@PHI (segmenter + image classifier); then optional ,field=value "
+                    "overrides (e.g. efficientdet@-3,anchor_scale=2; segmenter / multitask also take "
+                    "rule=resolution|width, the backbone rule leaned that way)")
+
+
+def resolve_dense_spec(reference: str, *, num_classes: int):
+    """A detector / segmenter spec from its name (see DENSE_NAME_FORMS) for `num_classes` classes."""
+    import dataclasses
+
+    if not isinstance(reference, str) or not reference.strip():
+        raise EffscaleError(f"dense model {reference!r} is not understood; allowed: {', '.join(DENSE_NAME_FORMS)}")
+    head, *overrides = [part.strip() for part in reference.split(",")]
+    family, _, phi_text = head.partition("@")
+    rule = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "rule"]
+    overrides = [o for o in overrides if o.partition("=")[0] != "rule"]
+    if rule and family not in ("segmenter", "multitask"):
+        raise EffscaleError(f"dense model {reference!r}: rule= is for segmenter@PHI / multitask@PHI (a detector's "
+                            "backbone follows EfficientDet's table or rule)")
+    if family == "efficientdet" and phi_text or family in ("segmenter", "multitask"):
+        try:
+            phi = float(phi_text or 0)
+        except ValueError:
+            raise EffscaleError(f"dense model {reference!r}: phi {phi_text!r} is not a number") from None
+        spec = efficientdet(phi, num_classes=num_classes) if family == "efficientdet" \
+            else segmenter(phi, num_classes=num_classes, classify=family == "multitask",
+                           rule=rule[-1] if rule else "compound")
+    elif head in EFFICIENTDET_TABLE:
+        spec = efficientdet(head, num_classes=num_classes)
+    else:
+        raise EffscaleError(f"dense model {head!r} is unknown; allowed: {DENSE_NAME_FORMS}")
+    changes = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        allowed = [f for f in spec.__dataclass_fields__ if f not in ("name", "backbone", "num_classes", "classify")]
+        if not sep or key not in allowed:
+            raise EffscaleError(f"dense model {reference!r}: override {override!r} must be field=value with a field "
+                                f"of {', '.join(allowed)}")
+        current = getattr(spec, key)
+        try:
+            changes[key] = type(current)(float(value)) if isinstance(current, (int, float)) else value
+        except ValueError:
+            raise EffscaleError(f"dense model {reference!r}: {key}={value!r} must be a number") from None
+        if isinstance(current, int) and float(value) != int(float(value)):
+            raise EffscaleError(f"dense model {reference!r}: {key}={value!r} must be an integer")
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+__all__ = ["DENSE_NAME_FORMS", "DetectorSpec", "EFFICIENTDET_TABLE", "SegmenterSpec", "dense_spec_from_dict",
+           "dense_spec_to_dict", "efficientdet", "efficientdet_formula", "fast_scaling", "fast_scaling_coefficients",
+           "resolve_dense_spec", "segmenter"]

@@ -12,6 +12,13 @@ from ..errors import EffscaleError
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def estimate_run_bytes(model: torch.nn.Module) -> int:
+    """Disk a run writes, for check_output_dir: model + EMA + 2 optimizer states, twice (partial +
+    last), and a margin."""
+    params = sum(p.numel() for p in model.parameters()) * 4
+    return params * 6 + 10_000_000
+
+
 def save_checkpoint(state: dict, out: Path) -> Path:
     """Write `state` to out/checkpoint.pt via a temporary file and a rename, so a crash (or
     SIGKILL) mid-write leaves the previous checkpoint intact."""

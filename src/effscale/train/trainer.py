@@ -28,7 +28,7 @@ from ..nn.network import EfficientNet
 from ..progress import ProgressBar
 from ..scaling import compound
 from ..spec import NetworkSpec, check_trainable_macs
-from .checkpoint import check_output_dir, load_checkpoint, save_checkpoint
+from .checkpoint import check_output_dir, estimate_run_bytes, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import lr_factor, make_optimizer
@@ -67,6 +67,10 @@ class TrainConfig:
     distill_temperature: float = 4.0
     threads: int | None = None  # None: follow the cores other processes leave free (train/threads.py)
     qat: bool = False  # fine-tune --init with INT8 simulated, then ship INT8 (qat.py)
+    task: str = "classification"  # or detection / segmentation (train/dense_task.py)
+    box_loss: str = "huber"  # detection: huber on the anchor offsets, or giou on the boxes
+    mask_loss: str = "ce"  # segmentation: per-pixel cross-entropy, or ce+dice
+    loss_weights: tuple = (1.0, 1.0)  # multitask: (masks, image classes)
     progress: bool = True
     command: str = ""
 
@@ -92,6 +96,10 @@ class TrainConfig:
         if self.qat and not self.init and not self.resume:
             raise EffscaleError("--qat fine-tunes a trained model with INT8 rounding simulated: give the run or "
                                 "weights to fine-tune with --init")
+        if self.task != "classification":
+            from .dense_task import validate_dense_config
+
+            validate_dense_config(self)
         if self.qat and self.precision in ("bf16", "fp16"):
             raise EffscaleError(f"--qat simulates INT8 rounding in fp32; --precision {self.precision} cannot be "
                                 "combined with it (drop it, or use fp32)")
@@ -243,14 +251,19 @@ def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, t
 # -- the run -------------------------------------------------------------------------------------
 def _fingerprint(config: TrainConfig, recipe: Recipe, spec: NetworkSpec, world_size: int) -> dict:
     """What must be the same for --resume to continue the same run."""
-    return {"data": config.data, "seed": config.seed, "recipe": asdict(recipe), "spec": spec.to_text(),
+    spec_text = spec.to_text() if isinstance(spec, NetworkSpec) else json.dumps(_dense_dict(spec), sort_keys=True)
+    return {"data": config.data, "seed": config.seed, "recipe": asdict(recipe), "spec": spec_text,
             "world_size": world_size, "accumulation": config.accumulation, "max_steps": config.max_steps,
-            "init": config.init, "teacher": config.teacher, "linear_probe": config.linear_probe}
+            "init": config.init, "teacher": config.teacher, "linear_probe": config.linear_probe,
+            **({"task": config.task, "box_loss": config.box_loss, "mask_loss": config.mask_loss,
+                "loss_weights": list(config.loss_weights)}
+               if config.task != "classification" else {})}
 
 
-def _estimate_run_bytes(model: nn.Module) -> int:
-    params = sum(p.numel() for p in model.parameters()) * 4
-    return params * 6 + 10_000_000  # model + EMA + 2 optimizer states, twice (partial + last), margin
+def _dense_dict(spec) -> dict:
+    from ..dense.spec import dense_spec_to_dict
+
+    return dense_spec_to_dict(spec)
 
 
 class _Metrics:
@@ -294,11 +307,84 @@ def train(config: TrainConfig) -> dict:
 
 
 class ClassificationTask:
-    """What the loop needs to know of its task: the data, the loss, the metric and what a run
-    reports. Training code outside this class is task-free, so detection and segmentation plug in
-    as other tasks with the same four members."""
+    """What the loop needs to know of its task: the spec and data, the model, the batch transform,
+    the loss of a micro-batch, the metric, and what a run reports and saves. Training code outside
+    the task classes is task-free; detection and segmentation (dense_task.py) have the same members."""
 
     name = "classification"
+
+    def spec_and_data(self, run: "_Run"):
+        """The spec (a name, --init's, --phi) checked for size, and the data; from scratch, the
+        preprocessing is the data's own statistics (it travels with the weights)."""
+        config = run.config
+        init_spec, run.init_source = _read_init(config.init) if config.init else (None, None)
+        spec = _resolve_student_spec(config, init_spec)
+        check_trainable_macs(cost(spec, num_classes=0).macs, f"{spec.name} has", "per image",
+                             "choose a smaller model or --phi")
+        splits = self.load(config, spec)
+        if run.init_source is None:
+            mean, std = _channel_stats(splits.train)
+            spec = spec.replace(mean=mean, std=std)
+        return spec, splits
+
+    def network(self, spec):
+        """The image spec the recipe's regularisation is read from."""
+        return spec
+
+    def with_recipe(self, spec, recipe: Recipe):
+        return spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
+                            bn_momentum=recipe.bn_momentum or spec.bn_momentum)
+
+    def build(self, run: "_Run") -> nn.Module:
+        """The model (seeded), --init weights, probe freezing, QAT, the teacher."""
+        config = run.config
+        num_classes, in_chans = run.splits.train.num_classes, run.splits.train.in_chans
+        model = EfficientNet(run.spec, num_classes=num_classes, in_chans=in_chans)
+        if run.dist.main:
+            check_output_dir(run.out, estimate_run_bytes(model))
+        if run.init_source is not None:
+            _load_init(model, run.init_source, config.init)
+        if config.linear_probe:
+            _freeze_backbone(model)
+        if config.qat:  # before the EMA copy and the optimizer: both see the simulated model
+            _prepare_qat(run, model)
+        if config.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise EffscaleError("this build of effscale has no activation checkpointing")
+            model.set_grad_checkpointing(True)
+        run.teacher = _load_teacher(config.teacher, num_classes, in_chans) if config.teacher else None
+        return model
+
+    def transform(self, run: "_Run"):
+        spec = run.spec
+        return BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=run.recipe.augment,
+                              in_chans=run.splits.train.in_chans, scale=run.recipe.crop_scale)
+
+    def micro_loss(self, run: "_Run", batch) -> torch.Tensor:
+        images, labels = batch
+        inputs = run.transform(images).to(run.dist.device, memory_format=run.memory_format)
+        labels = labels.to(run.dist.device)
+        logits = run.ddp_model(inputs).float()
+        teacher_logits = None
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(_resize_for(run.teacher, inputs)).float()
+        return self.loss(logits, labels, teacher_logits, run.config, run.recipe)
+
+    def metric_record(self, result: dict) -> dict:
+        return {"test_top1": result["top1"], "test_top5": result["top5"]}
+
+    def summary(self, run: "_Run", result: dict) -> dict:
+        counted = cost(run.spec, num_classes=run.splits.train.num_classes, in_chans=run.splits.train.in_chans)
+        return {"test_top1": result["top1"], "test_top5": result["top5"], "test_samples": result["samples"],
+                "params": counted.params, "macs": counted.macs}
+
+    def save(self, run: "_Run", model: nn.Module, result: dict) -> None:
+        from ..weights import save_weights
+
+        save_weights(model, run.out / "model.safetensors",
+                     extra_metadata={"classes": list(run.splits.train.classes), "data": run.config.data,
+                                     "test_top1": result["top1"]})
 
     def load(self, config: TrainConfig, spec: NetworkSpec):
         # Image folders are decoded once at the size the eval transform crops from; IDX data stays native.
@@ -325,7 +411,7 @@ class _Run:
     """Everything one training run holds, set up by `_setup`, advanced by `_epoch`."""
 
     config: TrainConfig
-    task: ClassificationTask
+    task: ClassificationTask  # or a dense task (dense_task.py) with the same members
     dist: Dist
     out: Path
     started: float
@@ -358,7 +444,7 @@ class _Run:
 
 def _train(config: TrainConfig) -> dict:
     config.validate()
-    run = _Run(config=config, task=ClassificationTask(), dist=init_distributed(), out=Path(config.out),
+    run = _Run(config=config, task=_task(config), dist=init_distributed(), out=Path(config.out),
                started=time.time())
     _setup_spec_and_data(run)
     _setup_model(run)
@@ -374,20 +460,20 @@ def _train(config: TrainConfig) -> dict:
     return _finish(run)
 
 
+def _task(config: TrainConfig):
+    if config.task == "classification":
+        return ClassificationTask()
+    from .dense_task import dense_task
+
+    return dense_task(config)
+
+
 # -- set-up ----------------------------------------------------------------------------------------
 def _setup_spec_and_data(run: _Run) -> None:
-    """The spec (a name, --init's, --phi), the data, the recipe and precision, the batch split."""
+    """The spec and data (the task's), the recipe and precision, the batch split."""
     config, dist_info = run.config, run.dist
-    init_spec, run.init_source = _read_init(config.init) if config.init else (None, None)
-    spec = _resolve_student_spec(config, init_spec)
-    check_trainable_macs(cost(spec, num_classes=0).macs, f"{spec.name} has", "per image",
-                         "choose a smaller model or --phi")
-    run.splits = run.task.load(config, spec)
-    if run.init_source is None:
-        # From scratch: preprocessing is the data's own statistics (it travels with the weights).
-        mean, std = _channel_stats(run.splits.train)
-        spec = spec.replace(mean=mean, std=std)
-    recipe = get_recipe(config.recipe, spec, config.batch_size)
+    spec, run.splits = run.task.spec_and_data(run)
+    recipe = get_recipe(config.recipe, run.task.network(spec), config.batch_size)
     recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
     if config.qat:  # a fine-tune of a trained model, in fp32 (the rounding simulation is fp32)
         recipe = recipe.replace(precision="fp32", lr=None if config.lr else recipe.lr * QAT_LR_FACTOR)
@@ -402,30 +488,15 @@ def _setup_spec_and_data(run: _Run) -> None:
     if run.per_rank * dist_info.world_size * config.accumulation != recipe.batch_size:
         raise EffscaleError(f"batch size {recipe.batch_size} must be divisible by world size "
                             f"{dist_info.world_size} x accumulation {config.accumulation}")
-    run.spec = spec.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
-                            bn_momentum=recipe.bn_momentum or spec.bn_momentum)
+    run.spec = run.task.with_recipe(spec, recipe)
     run.recipe = recipe
 
 
 def _setup_model(run: _Run) -> None:
-    """The model (seeded), --init weights, probe freezing, checkpointing, teacher, EMA, optimizer."""
+    """The task's model (seeded: the initial weights are a function of the seed too), EMA, optimizer."""
     config, recipe = run.config, run.recipe
-    num_classes, in_chans = run.splits.train.num_classes, run.splits.train.in_chans
-    _seed_everything(config.seed)  # the initial weights are a function of the seed too
-    model = EfficientNet(run.spec, num_classes=num_classes, in_chans=in_chans)
-    if run.dist.main:
-        check_output_dir(run.out, _estimate_run_bytes(model))
-    if run.init_source is not None:
-        _load_init(model, run.init_source, config.init)
-    if config.linear_probe:
-        _freeze_backbone(model)
-    if config.qat:  # before the EMA copy and the optimizer: both see the simulated model
-        _prepare_qat(run, model)
-    if config.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise EffscaleError("this build of effscale has no activation checkpointing")
-        model.set_grad_checkpointing(True)
-    run.teacher = _load_teacher(config.teacher, num_classes, in_chans) if config.teacher else None
+    _seed_everything(config.seed)
+    model = run.task.build(run)
     model.to(run.dist.device)
     run.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     model.to(memory_format=run.memory_format)
@@ -474,9 +545,7 @@ def _setup_loop(run: _Run, metrics_offset: int | None) -> None:
         run.ddp_model = DistributedDataParallel(
             run.model, device_ids=[run.dist.device] if run.dist.device.type == "cuda" else None)
     run.metrics = _Metrics(run.out / "metrics.jsonl", run.dist.main, metrics_offset)
-    spec = run.spec
-    run.transform = BatchTransform(spec.resolution, spec.mean, spec.std, train=True, augment=run.recipe.augment,
-                                   in_chans=run.splits.train.in_chans, scale=run.recipe.crop_scale)
+    run.transform = run.task.transform(run)
     run.scaler = torch.amp.GradScaler("cuda") if run.recipe.precision == "fp16" else None
 
 
@@ -534,8 +603,7 @@ def _epoch(run: _Run, progress, bar, governor: ThreadGovernor | None) -> None:
             _checkpoint(run)
     run.last_eval = run.task.evaluate(run.ema.module if run.ema is not None else run.model, run.splits.test,
                                       run.recipe, channels_last=run.recipe.channels_last)
-    run.metrics.write({"epoch": epoch, "step": run.step, "test_top1": run.last_eval["top1"],
-                       "test_top5": run.last_eval["top5"]})
+    run.metrics.write({"epoch": epoch, "step": run.step, **run.task.metric_record(run.last_eval)})
     if dist_info.main:
         progress.print(f"epoch {epoch + 1}/{math.ceil(run.total_steps / run.steps_per_epoch)}: "
                                f"step {run.step}, {run.task.describe(run.last_eval)}")
@@ -573,27 +641,17 @@ def _step(run: _Run, batches, epoch: int) -> tuple[float, float]:
 
 def _micro_step(run: _Run, batch, sync: bool) -> torch.Tensor:
     """Forward and loss of one micro-batch (gradients synchronised across ranks only when `sync`)."""
-    images, labels = batch
-    inputs = run.transform(images).to(run.dist.device, memory_format=run.memory_format)
-    labels = labels.to(run.dist.device)
     context = run.ddp_model.no_sync() if not sync else contextlib.nullcontext()
     amp_dtype = run.amp_dtype
     with context, torch.autocast(run.dist.device.type, dtype=amp_dtype or torch.float32,
                                  enabled=amp_dtype is not None):
-        logits = run.ddp_model(inputs).float()
-        teacher_logits = None
-        if run.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = run.teacher(_resize_for(run.teacher, inputs)).float()
-        loss = run.task.loss(logits, labels, teacher_logits, run.config, run.recipe)
-        return loss / run.config.accumulation
+        return run.task.micro_loss(run, batch) / run.config.accumulation
 
 
 # -- the end ---------------------------------------------------------------------------------------
 def _finish(run: _Run) -> dict:
     """Evaluate what is there if nothing was trained, write model.safetensors and summary.json."""
     config, spec, dist_info = run.config, run.spec, run.dist
-    num_classes, in_chans = run.splits.train.num_classes, run.splits.train.in_chans
     final = run.ema.module if run.ema is not None else run.model
     if run.last_eval is None:  # resumed a finished run: nothing trained, evaluate what is there
         run.last_eval = run.task.evaluate(final, run.splits.test, run.recipe)
@@ -607,13 +665,12 @@ def _finish(run: _Run) -> dict:
         strip_qat(run.model)
         last_eval = run.task.evaluate(final, run.splits.test, run.recipe)
     checksums = _rank_checksums(run.model, dist_info)
-    counted = cost(spec, num_classes=num_classes, in_chans=in_chans)
     summary = {
-        "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_samples": last_eval["samples"],
-        "params": counted.params, "macs": counted.macs,
+        **run.task.summary(run, last_eval),
         "wall_s": round(run.wall_before + time.time() - run.started, 2), "world_size": dist_info.world_size,
         "steps": run.step, "epochs": run.recipe.epochs, "recipe": json.loads(json.dumps(asdict(run.recipe))),
-        "model": spec.name, "resolution": spec.resolution, "data": config.data, "seed": config.seed,
+        "model": spec.name, "task": run.task.name, "resolution": spec.resolution, "data": config.data,
+        "seed": config.seed,
         "weights": str(run.out / "model.safetensors"), "weights_identical_across_ranks": len(set(checksums)) == 1,
         "command": config.command or " ".join(sys.argv), "precision": run.recipe.precision,
         "precision_reason": run.precision_reason,
@@ -621,12 +678,7 @@ def _finish(run: _Run) -> dict:
     if qat is not None:
         summary["qat"] = qat
     if dist_info.main:
-        from ..weights import save_weights
-
-        final_cpu = final.to("cpu", memory_format=torch.contiguous_format)
-        save_weights(final_cpu, run.out / "model.safetensors",
-                     extra_metadata={"classes": list(run.splits.train.classes), "data": config.data,
-                                     "test_top1": last_eval["top1"]})
+        run.task.save(run, final.to("cpu", memory_format=torch.contiguous_format), last_eval)
         if qat is not None:
             qat.update(_ship_qat(run))
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,333 @@
+"""Detection and segmentation as tasks of the one training loop (trainer.py): the same
+checkpoints, exact resume, DDP, EMA, progress and bf16, with the dense spec, data, loss and
+metric in place of the classifier's.
+
+    effscale train --task detection --data coco:DIR [--model efficientdet@-3,anchor_scale=2]
+    effscale train --task segmentation --data masks:DIR [--model segmenter@-3,resolution=128]
+
+The default models are the EfficientDet and segmenter rules at phi = -3 (128 px input), sized
+for the bundled task on a CPU. The detector's default anchor_scale is 2, half the reference's,
+because the bundled objects are 12-72 px: with the reference's 4 the smallest anchor is 32 px
+and most small objects would match it only through the low-quality rule.
+
+Augmentation: random horizontal flips with boxes and masks following (the images are letterboxed
+at load, so no resizing is needed per batch). The global RNG the loop reseeds each step draws
+them, so resume stays exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import EffscaleError
+from ..spec import check_trainable_macs
+from ..dense.boxes import BOX_LOSSES, anchor_boxes, detection_loss, flatten_outputs, postprocess
+from ..dense.cost import dense_cost
+from ..dense.data import IGNORE, load_dense
+from ..dense.io import save_dense_weights
+from ..dense.metrics import coco_map, confusion_matrix, detections_to_coco, segmentation_scores
+from ..dense.modules import build_dense_model
+from ..dense.spec import DetectorSpec, SegmenterSpec, resolve_dense_spec
+from .checkpoint import check_output_dir, estimate_run_bytes
+
+DENSE_TASKS = ("detection", "segmentation", "multitask")
+TASKS = ("classification",) + DENSE_TASKS
+MASK_LOSSES = ("ce", "ce+dice")
+DEFAULT_MODELS = {"detection": "efficientdet@-3,anchor_scale=2", "segmentation": "segmenter@-3,resolution=128",
+                  "multitask": "multitask@-3,resolution=128"}
+FAMILY = {"detection": "efficientdet", "segmentation": "segmenter", "multitask": "multitask"}
+EVAL_BATCH = 32
+
+
+def validate_dense_config(config) -> None:
+    """One-line errors for what dense training does not take, before any data is read."""
+    if config.task not in TASKS:
+        raise EffscaleError(f"task {config.task!r} is unknown; allowed: {', '.join(TASKS)}")
+    for option, flag in (("teacher", "--teacher"), ("linear_probe", "--linear-probe"), ("qat", "--qat"),
+                         ("init", "--init"), ("grad_checkpointing", "--grad-checkpointing")):
+        if getattr(config, option):
+            raise EffscaleError(f"{flag} is for classification; --task {config.task} does not take it yet")
+    if config.box_loss not in BOX_LOSSES:
+        raise EffscaleError(f"box loss {config.box_loss!r} is unknown; allowed: {', '.join(BOX_LOSSES)}")
+    if config.mask_loss not in MASK_LOSSES:
+        raise EffscaleError(f"mask loss {config.mask_loss!r} is unknown; allowed: {', '.join(MASK_LOSSES)}")
+    if config.model is not None and config.phi is not None:
+        raise EffscaleError(f"give phi inside the model name ({FAMILY[config.task]}@PHI), not with --phi")
+    if not str(config.data).startswith(("coco:", "masks:")):
+        raise EffscaleError(f"--task {config.task} reads coco:DIR, coco:ANNOTATIONS.json,IMAGES_DIR"
+                            f"{' or masks:DIR' if config.task != 'detection' else ''}; got {config.data!r}")
+    weights = config.loss_weights
+    if not (isinstance(weights, (tuple, list)) and len(weights) == 2
+            and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights) and any(weights)):
+        raise EffscaleError(f"loss weights {weights!r} must be two finite numbers >= 0, not both 0 "
+                            "(masks, image classes)")
+
+
+def dense_task(config):
+    return {"detection": DetectionTask, "segmentation": SegmentationTask, "multitask": MultiTask}[config.task](config)
+
+
+def model_reference(config) -> str:
+    if config.model is not None:
+        return config.model
+    if config.phi is not None:
+        return f"{FAMILY[config.task]}@{config.phi:g}"
+    return DEFAULT_MODELS[config.task]
+
+
+class DenseTransform:
+    """uint8 images -> normalised float inputs; in training, random horizontal flips that move
+    boxes (x1, x2 -> W - x2, W - x1) and masks with their image."""
+
+    def __init__(self, mean, std, *, train: bool, device):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.train, self.device = train, device
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        images, labels = images.to(self.device), labels.to(self.device)
+        inputs = (images.float() / 255 - self.mean[:, :images.shape[1]]) / self.std[:, :images.shape[1]]
+        if self.train:
+            flip = torch.rand(len(images)) < 0.5
+            if flip.any():
+                inputs[flip] = inputs[flip].flip(-1)
+                if labels.dim() == 3 and labels.shape[-1] == 5 and labels.is_floating_point():  # boxes
+                    width = images.shape[-1]
+                    rows = labels[flip].clone()
+                    real = rows[..., 4] >= 0
+                    x1, x2 = rows[..., 0].clone(), rows[..., 2].clone()
+                    rows[..., 0] = torch.where(real, width - x2, x1)
+                    rows[..., 2] = torch.where(real, width - x1, x2)
+                    labels = labels.clone()
+                    labels[flip] = rows
+                else:  # masks
+                    labels = labels.clone()
+                    labels[flip] = labels[flip].flip(-1)
+        return inputs, labels
+
+
+class _DenseTask:
+    kind = ""  # data kind: boxes | masks
+
+    def __init__(self, config):
+        self.config = config
+
+    def spec_and_data(self, run):
+        config = run.config
+        reference = model_reference(config)  # a name, or a spec (the dense study passes its models)
+        spec = reference if isinstance(reference, (DetectorSpec, SegmenterSpec)) \
+            else resolve_dense_spec(reference, num_classes=1)
+        self.check_spec(spec)
+        splits = load_dense(config.data, kind=self.kind, size=spec.resolution)
+        spec = dataclasses.replace(spec, num_classes=splits.num_classes)
+        check_trainable_macs(dense_cost(spec)["macs"], f"{spec.name} has", "per image",
+                             "choose a smaller model (a lower phi)")
+        images = splits.train.images[:2000].float() / 255
+        mean = tuple(round(v, 4) for v in images.mean((0, 2, 3)).tolist())
+        std = tuple(round(v, 4) for v in images.std((0, 2, 3)).clamp(min=1e-3).tolist())
+        run.init_source = None
+        return dataclasses.replace(spec, backbone=spec.backbone.replace(mean=mean, std=std)), splits
+
+    def network(self, spec):
+        return spec.backbone
+
+    def check_spec(self, spec) -> None:
+        wanted = {"detection": "a detector (efficientdet...)", "segmentation": "a segmenter (segmenter@PHI)",
+                  "multitask": "a multi-task model (multitask@PHI)"}[self.name]
+        kind = "detection" if isinstance(spec, DetectorSpec) else ("multitask" if spec.classify else "segmentation")
+        if kind != self.name:
+            reference = model_reference(self.config)
+            shown = reference if isinstance(reference, str) else reference.name
+            raise EffscaleError(f"--task {self.name} trains {wanted}; --model {shown!r} is a {kind} model")
+
+    def with_recipe(self, spec, recipe):
+        backbone = spec.backbone.replace(dropout=recipe.dropout, drop_path_rate=recipe.drop_path_rate,
+                                         bn_momentum=recipe.bn_momentum or spec.backbone.bn_momentum)
+        return dataclasses.replace(spec, backbone=backbone)
+
+    def build(self, run) -> nn.Module:
+        model = build_dense_model(run.spec, run.splits.in_chans)
+        if run.dist.main:
+            check_output_dir(run.out, estimate_run_bytes(model))
+        run.teacher = None
+        return model
+
+    def transform(self, run):
+        backbone = run.spec.backbone
+        return DenseTransform(backbone.mean, backbone.std, train=True, device=run.dist.device)
+
+    def summary(self, run, result: dict) -> dict:
+        counted = dense_cost(run.spec)
+        return {**{f"test_{k}": v for k, v in result.items() if k not in ("samples", "iou")},
+                "test_samples": result["samples"], "params": counted["params"], "macs": counted["macs"],
+                "data_report": {split: getattr(run.splits, split).report.to_dict() for split in ("train", "test")}}
+
+    def save(self, run, model, result: dict) -> None:
+        save_dense_weights(model, run.out / "model.safetensors",
+                           extra={"classes": list(run.splits.classes), "data": run.config.data, "task": self.name,
+                                  **self.metric_record(result)})
+
+
+class DetectionTask(_DenseTask):
+    name, kind = "detection", "boxes"
+
+    def build(self, run):
+        model = super().build(run)
+        self.anchors = anchor_boxes(run.spec).to(run.dist.device)
+        return model
+
+    def micro_loss(self, run, batch) -> torch.Tensor:
+        inputs, targets = run.transform(*batch[:2])
+        class_maps, box_maps = run.ddp_model(inputs.contiguous(memory_format=run.memory_format))
+        logits, offsets = flatten_outputs(class_maps, box_maps, run.spec.num_classes)
+        return detection_loss(logits.float(), offsets.float(), self.anchors, targets, run.config.box_loss)["loss"]
+
+    def evaluate(self, model, split, recipe, channels_last: bool = True) -> dict:
+        return evaluate_detector(model, split, precision=recipe.precision)
+
+    def metric_record(self, result: dict) -> dict:
+        return {"test_map": result["map"], "test_map_50": result["map_50"]}
+
+    def describe(self, result: dict) -> str:
+        return f"test mAP {result['map']:.2f}, mAP@.5 {result['map_50']:.2f}"
+
+
+class SegmentationTask(_DenseTask):
+    name, kind = "segmentation", "masks"
+
+    def micro_loss(self, run, batch) -> torch.Tensor:
+        inputs, masks = run.transform(*batch[:2])
+        logits = run.ddp_model(inputs.contiguous(memory_format=run.memory_format)).float()
+        return segmentation_loss(logits, masks, run.config.mask_loss)
+
+    def evaluate(self, model, split, recipe, channels_last: bool = True) -> dict:
+        return evaluate_segmenter(model, split, precision=recipe.precision)
+
+    def metric_record(self, result: dict) -> dict:
+        return {"test_miou": result["miou"], "test_pixel_accuracy": result["pixel_accuracy"]}
+
+    def describe(self, result: dict) -> str:
+        return f"test mIoU {result['miou']:.2f} %, pixel accuracy {result['pixel_accuracy']:.2f} %"
+
+
+class MultiTask(SegmentationTask):
+    """One backbone, a segmentation head and an image classifier (the class covering most pixels);
+    loss = w_masks * segmentation loss + w_image * cross-entropy (`loss_weights`)."""
+
+    name, kind = "multitask", "masks"
+
+    def micro_loss(self, run, batch) -> torch.Tensor:
+        images, masks, image_labels = batch
+        inputs, masks = run.transform(images, masks)
+        mask_logits, image_logits = run.ddp_model(inputs.contiguous(memory_format=run.memory_format))
+        w_masks, w_image = run.config.loss_weights
+        return (w_masks * segmentation_loss(mask_logits.float(), masks, run.config.mask_loss)
+                + w_image * F.cross_entropy(image_logits.float(), image_labels.to(image_logits.device)))
+
+    def metric_record(self, result: dict) -> dict:
+        return {**super().metric_record(result), "test_top1": result["top1"]}
+
+    def describe(self, result: dict) -> str:
+        return f"{super().describe(result)}, image top-1 {result['top1']:.2f} %"
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Per-pixel cross-entropy (IGNORE pixels left out), plus the soft Dice loss averaged over the
+    classes present in the batch for "ce+dice"."""
+    loss = F.cross_entropy(logits, masks, ignore_index=IGNORE)
+    if kind == "ce+dice":
+        cared = (masks != IGNORE).unsqueeze(1)
+        probabilities = logits.softmax(1) * cared
+        onehot = F.one_hot(masks.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * cared
+        inter = (probabilities * onehot).sum((0, 2, 3))
+        total = probabilities.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        present = onehot.sum((0, 2, 3)) > 0
+        dice = 1 - (2 * inter + 1) / (total + 1)
+        loss = loss + dice[present].mean()
+    return loss
+
+
+def _prepare(model, _split):
+    transform = DenseTransform(model.spec.backbone.mean, model.spec.backbone.std, train=False,
+                               device=next(model.parameters()).device)
+    return transform
+
+
+@torch.no_grad()
+def detector_predictions(model, images: torch.Tensor, precision: str = "fp32", **options) -> list[dict]:
+    """Boxes (in the stored image's pixels), scores and labels for uint8 images N x C x S x S."""
+    transform = _prepare(model, None)
+    device = next(model.parameters()).device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    anchors = anchor_boxes(model.spec).to(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), EVAL_BATCH):
+            chunk = images[start:start + EVAL_BATCH]
+            inputs, _ = transform(chunk, torch.zeros(len(chunk)))
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                class_maps, box_maps = model(inputs)
+            logits, offsets = flatten_outputs([m.float() for m in class_maps], [m.float() for m in box_maps],
+                                              model.spec.num_classes)
+            out.extend(postprocess(logits, offsets, anchors, **options))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_detector(model, split, precision: str = "fp32") -> dict:
+    """COCO box metrics of `model` on a DenseDataset of boxes (see dense.metrics.coco_map)."""
+    predictions = detector_predictions(model, split.images, precision)
+    detections = detections_to_coco(predictions, split.image_ids, split.scales.tolist())
+    return {**coco_map(split.coco_ground_truth(), detections), "samples": len(split)}
+
+
+@torch.no_grad()
+def segmenter_predictions(model, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Class per pixel (0 background, k = class k), N x S x S; for a multi-task model also the
+    image classes N, as a pair."""
+    transform = _prepare(model, None)
+    device = next(model.parameters()).device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    was_training = model.training
+    model.eval()
+    out, image_classes = [], []
+    try:
+        for start in range(0, len(images), EVAL_BATCH):
+            chunk = images[start:start + EVAL_BATCH]
+            inputs, _ = transform(chunk, torch.zeros(len(chunk)))
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                output = model(inputs)
+            masks, classes = output if isinstance(output, tuple) else (output, None)
+            out.append(masks.float().argmax(1).cpu())
+            if classes is not None:
+                image_classes.append(classes.float().argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    masks = torch.cat(out) if out else torch.zeros(0, *images.shape[-2:], dtype=torch.long)
+    return (masks, torch.cat(image_classes)) if image_classes else masks
+
+
+def evaluate_segmenter(model, split, precision: str = "fp32") -> dict:
+    """mIoU and pixel accuracy of `model` on a DenseDataset of masks (see dense.metrics)."""
+    predicted = segmenter_predictions(model, split.images, precision)
+    predicted, image_classes = predicted if isinstance(predicted, tuple) else (predicted, None)
+    classes = model.spec.num_classes + 1
+    confusion = confusion_matrix(predicted, split.labels, classes)
+    scores = segmentation_scores(confusion, ["background"] + list(split.classes))
+    if image_classes is not None:  # multi-task: image top-1 over images that have an object
+        labelled = split.image_labels >= 0
+        scores["top1"] = round(100 * float((image_classes[labelled] == split.image_labels[labelled]).float().mean()), 3) \
+            if labelled.any() else 0.0
+    return {**scores, "samples": len(split)}
+
+
+__all__ = ["DENSE_TASKS", "DenseTransform", "DetectionTask", "SegmentationTask", "TASKS", "detector_predictions",
+           "evaluate_detector", "evaluate_segmenter", "segmentation_loss", "segmenter_predictions",
+           "validate_dense_config"]
