@@ -338,3 +338,21 @@ def test_dense_study_matches_macs_then_trains_and_resumes(task_dir, tmp_path, mo
     with pytest.raises(EffscaleError, match="other settings"):
         S.run_dense_study(S.DenseStudyConfig("segmentation", f"masks:{task_dir}", str(tmp_path / "study"),
                                              model=TINY_SEG, strategies=("width",), seeds=1, epochs=2, batch_size=4))
+
+
+@pytest.mark.parametrize("neck", ["bifpn", "fpn"])
+def test_detector_cost_equals_the_module_for_both_necks_ending_inside_the_backbone(neck):
+    """P3-P5 ends inside the backbone: the top level is a backbone feature to be width-converted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = resolve_dense_spec(f"{TINY_DET},neck={neck}", num_classes=3)
+    model = build_dense_model(spec).eval()
+    counted = dense_cost(spec)
+    assert counted["params"] == sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as flops:
+        class_maps, box_maps = model(torch.zeros(1, 3, 64, 64))
+    assert counted["macs"] == flops.get_total_flops() // 2
+    assert [m.shape[-1] for m in class_maps] == [8, 4, 2] and box_maps[0].shape[1] == spec.num_anchors * 4
+    if neck == "fpn":  # no fusion weights, no bottom-up nodes: fewer parameters than the BiFPN
+        bifpn = dense_cost(resolve_dense_spec(TINY_DET, num_classes=3))
+        assert counted["params_by_part"]["bifpn"] < bifpn["params_by_part"]["bifpn"]

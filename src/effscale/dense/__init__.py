@@ -1,10 +1,10 @@
 """Dense prediction (issue 12): detector and segmenter specs scaled by one phi (EfficientDet's
 joint rule and table, Dollar's fast scaling), their parameters and MACs from the spec, the modules
-(BiFPN + shared heads; an FPN-style segmentation decoder), anchors and losses, batched NMS, COCO
+(BiFPN or plain FPN + shared heads; an FPN-style segmentation decoder, optionally multi-task), anchors and losses, batched NMS, COCO
 and mask-folder data with malformed-annotation reports, the bundled generated task, COCO mAP
 (faster-coco-eval) and mIoU. Training, eval and predict go through train/dense_task.py and
-dense_predict.py. Not built yet: plain FPN neck modules, multi-task heads, the dense study, export
-and device profiles of neck layers."""
+dense_predict.py, the study through search/dense_study.py. Not built yet: export, device profiles
+and plans for dense models."""
 from .boxes import anchor_boxes, detection_loss, postprocess
 from .cost import dense_cost, detector_macs, detector_params, level_channels, segmenter_cost
 from .data import DataReport, DenseDataset, load_dense

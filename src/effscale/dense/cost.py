@@ -36,6 +36,23 @@ def _separable(width: int, out: int, bn: bool = True) -> int:
     return width * 9 + width * out + out + (2 * out if bn else 0)
 
 
+def _first_layer_edges(spec: DetectorSpec) -> list[int]:
+    """Levels of the original-feature edges of the first neck layer (each gets a 1x1 conv + BN where
+    the feature is a backbone one of another width). BiFPN: top-down nodes min..max-1, bottom-up
+    min+1..max, and the top level into the first top-down node. FPN: top-down nodes min..max-1
+    and the top level, converted once."""
+    levels = spec.levels
+    if spec.neck == "fpn":
+        return list(levels[:-1]) + [levels[-1]]
+    return list(levels[:-1]) + list(levels[1:]) + [levels[-1]]
+
+
+def _neck_nodes(spec: DetectorSpec) -> list[int]:
+    """The level of every fusion node of one neck layer (top-down, then BiFPN's bottom-up)."""
+    levels = spec.levels
+    return list(levels[:-1]) + (list(levels[1:]) if spec.neck == "bifpn" else [])
+
+
 def detector_params(spec: DetectorSpec) -> dict:
     """Parameter count of `spec`, by part: backbone, resample, bifpn, class_head, box_head, total."""
     width, levels, features = spec.fpn_channels, spec.levels, level_channels(spec)
@@ -45,13 +62,13 @@ def detector_params(spec: DetectorSpec) -> dict:
     resample = 0
     if spec.max_level > deepest and features[deepest] != width:
         resample += _conv_bn(features[deepest], width)  # the first level above the backbone
-    # original-feature edges of the first layer: top-down nodes min..max-1, bottom-up min+1..max
-    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]] + [levels[-1]]  # + top into top-down
+    edges = _first_layer_edges(spec)
     first_layer = sum(_conv_bn(features[lvl], width) for lvl in edges
                       if lvl <= deepest and lvl in features and features[lvl] != width)
     top_down = len(levels) - 1
-    bottom_up = len(levels) - 1
-    fusion_weights = 2 * top_down + 3 * (bottom_up - 1) + 2  # the top bottom-up node has two inputs
+    bottom_up = len(levels) - 1 if spec.neck == "bifpn" else 0
+    # fusion weights: 2 per top-down node, 3 per bottom-up node but the top one (2); FPN: none
+    fusion_weights = 2 * top_down + 3 * (bottom_up - 1) + 2 if spec.neck == "bifpn" else 0
     per_layer = (top_down + bottom_up) * _separable(width, width) + fusion_weights
     bifpn = first_layer + spec.fpn_layers * per_layer
     head_convs = spec.head_layers * (width * 9 + width * width + width) + len(levels) * spec.head_layers * 2 * width
@@ -74,11 +91,11 @@ def detector_macs(spec: DetectorSpec, batch: int = 1) -> dict:
     backbone = sum(r.macs for r in rows if not r.name.startswith(("head.", "classifier", "pool")))
     resample = pixels[deepest] * features[deepest] * width \
         if spec.max_level > deepest and features[deepest] != width else 0
-    edges = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]] + [levels[-1]]
+    edges = _first_layer_edges(spec)
     first_layer = sum(pixels[lvl] * features[lvl] * width for lvl in edges
                       if lvl <= deepest and lvl in features and features[lvl] != width)
     separable = width * 9 + width * width  # per output pixel of a width -> width separable conv
-    nodes = [lvl for lvl in levels[:-1]] + [lvl for lvl in levels[1:]]  # top-down, bottom-up targets
+    nodes = _neck_nodes(spec)
     bifpn = first_layer + spec.fpn_layers * sum(pixels[lvl] * separable for lvl in nodes)
     every_level = sum(pixels.values())
 

@@ -51,19 +51,23 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class FusionNode(nn.Module):
-    """One BiFPN node: inputs (by index into the running list of maps), optional width changes."""
+    """One BiFPN node: inputs (by index into the running list of maps), optional width changes.
+    `weighted=False` (the plain FPN) sums the inputs without fusion weights."""
 
-    def __init__(self, sources: list[int], width: int, convert: dict[int, int]):
+    def __init__(self, sources: list[int], width: int, convert: dict[int, int], weighted: bool = True):
         super().__init__()
         self.sources = sources
-        self.weights = nn.Parameter(torch.ones(len(sources)))
+        self.weights = nn.Parameter(torch.ones(len(sources))) if weighted else None
         # per input position: a ConvBN when that edge carries a backbone feature of another width
         self.convert = nn.ModuleDict({str(i): ConvBN(cin, width) for i, cin in convert.items()})
         self.conv = SeparableConv(width, width)
 
     def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        weights = F.relu(self.weights)
-        weights = weights / (weights.sum() + FUSION_EPS)
+        if self.weights is None:
+            weights = [1.0] * len(self.sources)
+        else:
+            weights = F.relu(self.weights)
+            weights = weights / (weights.sum() + FUSION_EPS)
         fused = 0
         for position, (source, weight) in enumerate(zip(self.sources, weights)):
             x = maps[source]
@@ -114,6 +118,31 @@ class BiFPNLayer(nn.Module):
         return [maps[i] for i in self.outputs]
 
 
+class FPNLayer(nn.Module):
+    """The plain FPN (Lin et al. 2017) in the same terms: top-down nodes only (levels max-1 .. min),
+    each the sum of its level and the upsampled level above, then swish and a separable conv; the
+    top level passes through (width-converted once when it is a backbone feature)."""
+
+    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int]):
+        super().__init__()
+        count = len(levels)
+        top = in_widths[levels[-1]]
+        self.top = ConvBN(top, width) if top != width else None
+        nodes = []
+        for index in range(count - 2, -1, -1):
+            convert = {0: in_widths[levels[index]]} if in_widths[levels[index]] != width else {}
+            previous = count if index == count - 2 else count + len(nodes)  # the converted top, or the node above
+            nodes.append(FusionNode([index, previous], width, convert, weighted=False))
+        self.nodes = nn.ModuleList(nodes)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        top = features[-1] if self.top is None else self.top(features[-1])
+        maps = list(features) + [top]
+        for node, index in zip(self.nodes, range(len(features) - 2, -1, -1)):
+            maps.append(node(maps, features[index].shape[-2:]))
+        return maps[len(features) + 1:][::-1] + [top]
+
+
 class Head(nn.Module):
     """Shared separable convs with a batch norm per level, then the prediction conv."""
 
@@ -150,8 +179,9 @@ class EfficientDet(nn.Module):
         self.first_above = ConvBN(features[deepest], width) if above > 0 and features[deepest] != width else None
         self.extra_levels = max(above, 0)
         in_widths = {lvl: features[lvl] if lvl <= deepest else width for lvl in spec.levels}
-        layers = [BiFPNLayer(spec.levels, width, in_widths)]
-        layers += [BiFPNLayer(spec.levels, width, {lvl: width for lvl in spec.levels})
+        layer = BiFPNLayer if spec.neck == "bifpn" else FPNLayer
+        layers = [layer(spec.levels, width, in_widths)]
+        layers += [layer(spec.levels, width, {lvl: width for lvl in spec.levels})
                    for _ in range(spec.fpn_layers - 1)]
         self.bifpn = nn.ModuleList(layers)
         self.class_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * spec.num_classes)
@@ -222,4 +252,4 @@ def build_dense_model(spec, in_chans: int = 3) -> nn.Module:
     return EfficientDet(spec, in_chans) if isinstance(spec, DetectorSpec) else Segmenter(spec, in_chans)
 
 
-__all__ = ["BiFPNLayer", "EfficientDet", "FusionNode", "Head", "SeparableConv", "Segmenter", "build_dense_model"]
+__all__ = ["BiFPNLayer", "EfficientDet", "FPNLayer", "FusionNode", "Head", "SeparableConv", "Segmenter", "build_dense_model"]
