@@ -39,8 +39,8 @@ def is_dense_file(path) -> bool:
         location = location / "model.safetensors"
     if not location.is_file():
         return False
-    raw = _safetensors_metadata(location, strict=False)
-    return raw is not None and raw.get("format") == DENSE_FORMAT
+    raw = _safetensors_metadata(location, strict=False)  # False: not safetensors at all (a .pth)
+    return isinstance(raw, dict) and raw.get("format") == DENSE_FORMAT
 
 
 def read_dense_metadata(path) -> dict:
