@@ -356,3 +356,13 @@ def test_detector_cost_equals_the_module_for_both_necks_ending_inside_the_backbo
     if neck == "fpn":  # no fusion weights, no bottom-up nodes: fewer parameters than the BiFPN
         bifpn = dense_cost(resolve_dense_spec(TINY_DET, num_classes=3))
         assert counted["params_by_part"]["bifpn"] < bifpn["params_by_part"]["bifpn"]
+
+
+def test_info_shows_a_detector_by_part(capsys):
+    from effscale.cli import main
+
+    assert main(["info", "efficientdet_d0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["params"] == 3_880_067 and shown["params_by_part"]["total"] == shown["params"]
+    assert main(["info", "efficientdet@-3", "--phi", "1"]) == 2
+    assert "--phi is for classifier specs" in capsys.readouterr().err

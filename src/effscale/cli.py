@@ -56,7 +56,39 @@ def cmd_models(args) -> None:
             for r in rows])
 
 
+def _dense_info(args) -> None:
+    """`info` for a detector / segmenter name: the spec and its cost by part (dense_cost)."""
+    from .dense.cost import dense_cost
+    from .dense.spec import dense_spec_to_dict, resolve_dense_spec
+
+    used = [flag for flag, value in (("--phi", args.phi), ("--alpha", args.alpha), ("--beta", args.beta),
+                                     ("--gamma", args.gamma), ("--width", args.width), ("--depth", args.depth),
+                                     ("--resolution", args.resolution), ("--image-size", args.image_size))
+            if value is not None] + [flag for flag, on in (("--layers", args.layers), ("--roofline", args.roofline))
+                                     if on]
+    if used:
+        raise EffscaleError(f"{used[0]} is for classifier specs; a detector / segmenter is scaled in its name "
+                            f"(e.g. efficientdet@1.5) and has no per-layer table yet")
+    spec = resolve_dense_spec(args.model, num_classes=args.num_classes)
+    counted = dense_cost(spec)
+    if args.json:
+        return _print_json({"spec": dense_spec_to_dict(spec), **counted})
+    fields = dense_spec_to_dict(spec)
+    fields.pop("backbone")
+    print(f"{spec.name}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k not in ("kind", "name")))
+    print(f"backbone: {spec.backbone.name} at {spec.resolution} px")
+    print(f"params {_human(counted['params'])} ({counted['params']:,}) | MACs {_human(counted['macs'])} "
+          f"(batch 1, {args.num_classes} classes)")
+    _table("by part", ["part", "params", "MACs"],
+           [[part, _human(value), _human(counted["macs_by_part"].get(part, 0))]
+            for part, value in counted["params_by_part"].items() if part != "total"])
+
+
 def cmd_info(args) -> None:
+    from .model import _is_dense
+
+    if _is_dense(args.model):
+        return _dense_info(args)
     from .scaling import Coefficients, ScalingRule
     from .summary import describe, scaled_spec
     from .zoo import resolve_image_spec
@@ -532,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                        help="bytes per element (and peaks measured now) without --device (default fp32)")
     group.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    info.add_argument("--num-classes", type=int, default=90,
+                      help="detectors / segmenters: object classes (default 90, COCO's as the paper counts)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
 
