@@ -16,11 +16,30 @@ from effscale.dense import boxes as B
 from effscale.dense.cost import dense_cost
 from effscale.dense.data import IGNORE, load_dense
 from effscale.dense.io import load_dense_model
-from effscale.dense.metrics import coco_map, confusion_matrix, pycocotools_map, segmentation_scores
+from effscale.dense.metrics import coco_map, confusion_matrix, segmentation_scores
 from effscale.dense.modules import build_dense_model
 from effscale.dense.spec import DetectorSpec, dense_spec_from_dict, dense_spec_to_dict, resolve_dense_spec
 from effscale.dense.synth import decode_rle, encode_rle, make_dense_task
 from effscale.errors import EffscaleError
+
+def pycocotools_map(ground_truth: dict, detections: list[dict]) -> list[float]:
+    """The first three COCO stats by pycocotools, the reference faster-coco-eval is checked against."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = ground_truth
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats[:3]]
+
 
 TINY_DET = "efficientdet@-3,resolution=64,max_level=5,anchor_scale=2"
 TINY_SEG = "segmenter@-3,resolution=64,output_stride=8,decoder_channels=16"

@@ -85,9 +85,9 @@ def _dense_info(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from .model import _is_dense
+    from .model import is_dense_reference
 
-    if _is_dense(args.model):
+    if is_dense_reference(args.model):
         return _dense_info(args)
     from .scaling import Coefficients, ScalingRule
     from .summary import describe, scaled_spec

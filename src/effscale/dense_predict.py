@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .dense.data import load_dense
+from .dense.data import letterbox_image, load_dense
 from .dense.io import load_dense_model
 from .dense.spec import DetectorSpec
 from .errors import EffscaleError
@@ -60,11 +60,7 @@ def predict_dense(images: list[str], weights, out_dir, score_threshold: float = 
                 image = opened.convert("RGB")
         except (OSError, ValueError) as error:
             raise EffscaleError(f"cannot read image {path!r}: {error}") from None
-        scale = size / max(image.width, image.height)
-        resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                               Image.BILINEAR)
-        canvas = np.zeros((size, size, 3), np.uint8)
-        canvas[:resized.height, :resized.width] = np.asarray(resized)
+        canvas, scale = letterbox_image(image, size)  # as the data it was trained on was stored
         batch = torch.from_numpy(canvas).permute(2, 0, 1)[None].contiguous()
         drawing = out_dir / f"{Path(path).stem}.png"
         if isinstance(model.spec, DetectorSpec):
@@ -78,7 +74,8 @@ def predict_dense(images: list[str], weights, out_dir, score_threshold: float = 
         else:
             predicted = segmenter_predictions(model, batch)
             predicted, image_class = predicted if isinstance(predicted, tuple) else (predicted, None)
-            mask = predicted[0][:resized.height, :resized.width].numpy().astype(np.uint8)
+            height, width = max(1, round(image.height * scale)), max(1, round(image.width * scale))
+            mask = predicted[0][:height, :width].numpy().astype(np.uint8)
             mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
             counts = np.bincount(mask.ravel(), minlength=len(names) + 1)
             _overlay(image, mask).save(drawing)

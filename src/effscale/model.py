@@ -24,7 +24,7 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     named model, set with a warning for a NetworkSpec that differs (see
     `weights.model_from_checkpoint`, `weights.load_weights`).
     """
-    if _is_dense(name_or_spec):
+    if is_dense_reference(name_or_spec):
         return _create_dense(name_or_spec, num_classes=num_classes, in_chans=in_chans, weights=weights,
                              features_only=features_only, overrides=overrides)
     if weights is not None:
@@ -37,7 +37,7 @@ def create_model(name_or_spec: str | NetworkSpec, *, num_classes: int = 1000, in
     return model
 
 
-def _is_dense(reference) -> bool:
+def is_dense_reference(reference) -> bool:
     from .dense.spec import DetectorSpec, EFFICIENTDET_TABLE, SegmenterSpec
 
     if isinstance(reference, (DetectorSpec, SegmenterSpec)):

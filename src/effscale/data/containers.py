@@ -30,6 +30,17 @@ class ImageRows:
         """(H, W) of the stored images."""
         return int(self.images.shape[2]), int(self.images.shape[3])
 
+    def preprocessing_stats(self, samples: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the first `samples` images on [0, 1], rounded to 4 places:
+        the preprocessing a model trained from scratch on this data keeps in its spec (which
+        stores 3 values; grayscale repeats its one)."""
+        images = self.images[:samples].float() / 255
+        mean = images.mean((0, 2, 3)).tolist()
+        std = images.std((0, 2, 3)).clamp(min=1e-3).tolist()
+        if len(mean) == 1:
+            mean, std = mean * 3, std * 3
+        return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+
 
 @dataclass
 class ImageDataset(ImageRows):

@@ -194,6 +194,15 @@ def _letterbox(image: Image.Image, size: int, resample) -> tuple[np.ndarray, flo
     return np.asarray(image.resize((width, height), resample)), scale
 
 
+def letterbox_image(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
+    """An RGB image scaled so its longer side is `size`, padded with zeros at the bottom and right
+    to size x size (uint8 H x W x 3), and its scale (stored pixel = file pixel * scale)."""
+    pixels, scale = _letterbox(image, size, Image.BILINEAR)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:pixels.shape[0], :pixels.shape[1]] = pixels
+    return canvas, scale
+
+
 def _open_image(path: Path, report: DataReport, size: int):
     if not path.is_file():
         report.add("missing image files (image dropped)", path.name)
@@ -202,12 +211,10 @@ def _open_image(path: Path, report: DataReport, size: int):
         with Image.open(path) as image:
             image = image.convert("RGB")
             original = (image.height, image.width)
-            pixels, scale = _letterbox(image, size, Image.BILINEAR)
+            canvas, scale = letterbox_image(image, size)
     except (OSError, ValueError) as error:
         report.add("unreadable image files (image dropped)", f"{path.name}: {error}")
         return None, None, None
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[:pixels.shape[0], :pixels.shape[1]] = pixels
     return canvas, scale, original
 
 
@@ -369,4 +376,4 @@ def _dataset(pixels, labels, classes, name, kind, ids, scales, report) -> DenseD
                         report)
 
 
-__all__ = ["DataReport", "DenseDataset", "IGNORE", "NO_IMAGE_LABEL", "dominant_classes", "load_dense"]
+__all__ = ["DataReport", "DenseDataset", "letterbox_image", "IGNORE", "NO_IMAGE_LABEL", "dominant_classes", "load_dense"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
 import torch
 
 from ..errors import EffscaleError
@@ -84,22 +83,5 @@ def segmentation_scores(confusion: torch.Tensor, names: list[str] | None = None)
             "iou": {name: (round(100 * float(v), 3) if p else None) for name, v, p in zip(names, iou, present)}}
 
 
-def pycocotools_map(ground_truth: dict, detections: list[dict]) -> list[float]:
-    """The same six stats by pycocotools (for cross-checks; not a dependency of effscale)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ground_truth
-        gt.createIndex()
-        dt = gt.loadRes(detections)
-        evaluator = COCOeval(gt, dt, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return [float(v) for v in np.asarray(evaluator.stats[:6])]
-
-
-__all__ = ["COCO_STATS", "coco_map", "confusion_matrix", "detections_to_coco", "pycocotools_map",
+__all__ = ["COCO_STATS", "coco_map", "confusion_matrix", "detections_to_coco",
            "segmentation_scores"]

@@ -173,28 +173,26 @@ def run_dense_study(config: DenseStudyConfig) -> dict:
     """Train every run for every seed; results.json, report.md and a plot in `out`."""
     from ..dense.spec import dense_spec_to_dict, resolve_dense_spec
     from ..train import TrainConfig, train
+    from ..train.dense_task import dense_task
+    from .study import _check_resume, _Rows
 
     config.validate()
     require("matplotlib", "lab")
-    base = resolve_dense_spec(config.model or STUDY_BASES[config.task], num_classes=1)
+    reference = config.model or STUDY_BASES[config.task]
+    base = resolve_dense_spec(reference, num_classes=1)
+    # the task's kind of model (a detector for detection, ...), refused before anything is written
+    dense_task(TrainConfig(data=config.data, out=config.out, task=config.task, model=reference)).check_spec(base)
     runs = plan_dense_runs(config, base)  # every model matched before any training
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = {"task": config.task, "data": config.data, "base": dense_spec_to_dict(base),
                    "targets": check_targets(config.targets), "epochs": config.epochs, "batch_size": config.batch_size,
                    "lr": config.lr, "strategies": [r["strategy"] for r in runs]}
-    settings = out / "study_config.json"
-    if settings.exists() and json.loads(settings.read_text()) != json.loads(json.dumps(fingerprint)):
-        raise EffscaleError(f"{out} holds a dense study with other settings; resume it with the same arguments "
-                            "or use another --out")
-    settings.write_text(json.dumps(fingerprint, indent=2) + "\n")
-    rows_path = out / "results.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()] \
-        if rows_path.exists() else []
+    _check_resume(out / "study_config.json", fingerprint)
+    rows = _Rows(out / "results.jsonl")
     for run in runs:
         for seed in range(config.seeds):
-            if any(r["strategy"] == run["strategy"] and r["target"] == run["target"] and r["seed"] == seed
-                   for r in rows):
+            if rows.has(run["strategy"], run["target"], seed):
                 continue
             name = f"{run['strategy']}-{run['target']:g}x-seed{seed}"
             summary = train(TrainConfig(data=config.data, out=str(out / "runs" / name), task=config.task,
@@ -205,9 +203,8 @@ def run_dense_study(config: DenseStudyConfig) -> dict:
                    "matched": run["matched"], "resolution": summary["resolution"], "seconds": summary["wall_s"],
                    "rule": run.get("rule"), "spec": json.dumps(dense_spec_to_dict(run["spec"])),
                    **{metric: summary[metric] for metric in METRICS[config.task]}}
-            rows.append(row)
-            with rows_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            rows.add(row)
+    rows = rows.rows
     summary = summarise_dense(rows, METRICS[config.task])
     result = {"task": config.task, "data": config.data, "base": base.name, "epochs": config.epochs,
               "batch_size": config.batch_size, "lr": config.lr, "seeds": config.seeds,
@@ -235,10 +232,9 @@ def summarise_dense(rows: list[dict], metrics: tuple) -> list[dict]:
 
 
 def _write_report(result: dict, out: Path) -> Path:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics = METRICS[result["task"]]
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)

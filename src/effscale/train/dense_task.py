@@ -83,7 +83,8 @@ class DenseTransform:
     """uint8 images -> normalised float inputs; in training, random horizontal flips that move
     boxes (x1, x2 -> W - x2, W - x1) and masks with their image."""
 
-    def __init__(self, mean, std, *, train: bool, device):
+    def __init__(self, mean, std, *, train: bool, device, boxes: bool = False):
+        self.boxes = boxes  # labels are box rows (N x M x 5) rather than masks (N x H x W)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.train, self.device = train, device
@@ -95,7 +96,7 @@ class DenseTransform:
             flip = torch.rand(len(images)) < 0.5
             if flip.any():
                 inputs[flip] = inputs[flip].flip(-1)
-                if labels.dim() == 3 and labels.shape[-1] == 5 and labels.is_floating_point():  # boxes
+                if self.boxes:
                     width = images.shape[-1]
                     rows = labels[flip].clone()
                     real = rows[..., 4] >= 0
@@ -126,9 +127,7 @@ class _DenseTask:
         spec = dataclasses.replace(spec, num_classes=splits.num_classes)
         check_trainable_macs(dense_cost(spec)["macs"], f"{spec.name} has", "per image",
                              "choose a smaller model (a lower phi)")
-        images = splits.train.images[:2000].float() / 255
-        mean = tuple(round(v, 4) for v in images.mean((0, 2, 3)).tolist())
-        std = tuple(round(v, 4) for v in images.std((0, 2, 3)).clamp(min=1e-3).tolist())
+        mean, std = splits.train.preprocessing_stats()
         run.init_source = None
         return dataclasses.replace(spec, backbone=spec.backbone.replace(mean=mean, std=std)), splits
 
@@ -158,7 +157,8 @@ class _DenseTask:
 
     def transform(self, run):
         backbone = run.spec.backbone
-        return DenseTransform(backbone.mean, backbone.std, train=True, device=run.dist.device)
+        return DenseTransform(backbone.mean, backbone.std, train=True, device=run.dist.device,
+                              boxes=self.kind == "boxes")
 
     def summary(self, run, result: dict) -> dict:
         counted = dense_cost(run.spec)
@@ -251,33 +251,34 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce
     return loss
 
 
-def _prepare(model, _split):
-    transform = DenseTransform(model.spec.backbone.mean, model.spec.backbone.std, train=False,
-                               device=next(model.parameters()).device)
-    return transform
-
-
-@torch.no_grad()
-def detector_predictions(model, images: torch.Tensor, precision: str = "fp32", **options) -> list[dict]:
-    """Boxes (in the stored image's pixels), scores and labels for uint8 images N x C x S x S."""
-    transform = _prepare(model, None)
+def _eval_outputs(model, images: torch.Tensor, precision: str):
+    """The model's raw outputs on uint8 images, EVAL_BATCH at a time, in eval mode (restored after)
+    under the precision's autocast: the one inference loop of the dense predictions."""
     device = next(model.parameters()).device
+    transform = DenseTransform(model.spec.backbone.mean, model.spec.backbone.std, train=False, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    anchors = anchor_boxes(model.spec).to(device)
     was_training = model.training
     model.eval()
-    out = []
     try:
         for start in range(0, len(images), EVAL_BATCH):
             chunk = images[start:start + EVAL_BATCH]
             inputs, _ = transform(chunk, torch.zeros(len(chunk)))
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                class_maps, box_maps = model(inputs)
-            logits, offsets = flatten_outputs([m.float() for m in class_maps], [m.float() for m in box_maps],
-                                              model.spec.num_classes)
-            out.extend(postprocess(logits, offsets, anchors, **options))
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                 enabled=dtype is not None):
+                output = model(inputs)
+            yield output  # outside the contexts: the caller's post-processing runs in its own modes
     finally:
         model.train(was_training)
+
+
+def detector_predictions(model, images: torch.Tensor, precision: str = "fp32", **options) -> list[dict]:
+    """Boxes (in the stored image's pixels), scores and labels for uint8 images N x C x S x S."""
+    anchors = anchor_boxes(model.spec).to(next(model.parameters()).device)
+    out = []
+    for class_maps, box_maps in _eval_outputs(model, images, precision):
+        logits, offsets = flatten_outputs([m.float() for m in class_maps], [m.float() for m in box_maps],
+                                          model.spec.num_classes)
+        out.extend(postprocess(logits, offsets, anchors, **options))
     return out
 
 
@@ -288,28 +289,15 @@ def evaluate_detector(model, split, precision: str = "fp32") -> dict:
     return {**coco_map(split.coco_ground_truth(), detections), "samples": len(split)}
 
 
-@torch.no_grad()
 def segmenter_predictions(model, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Class per pixel (0 background, k = class k), N x S x S; for a multi-task model also the
     image classes N, as a pair."""
-    transform = _prepare(model, None)
-    device = next(model.parameters()).device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    was_training = model.training
-    model.eval()
     out, image_classes = [], []
-    try:
-        for start in range(0, len(images), EVAL_BATCH):
-            chunk = images[start:start + EVAL_BATCH]
-            inputs, _ = transform(chunk, torch.zeros(len(chunk)))
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                output = model(inputs)
-            masks, classes = output if isinstance(output, tuple) else (output, None)
-            out.append(masks.float().argmax(1).cpu())
-            if classes is not None:
-                image_classes.append(classes.float().argmax(1).cpu())
-    finally:
-        model.train(was_training)
+    for output in _eval_outputs(model, images, precision):
+        masks, classes = output if isinstance(output, tuple) else (output, None)
+        out.append(masks.float().argmax(1).cpu())
+        if classes is not None:
+            image_classes.append(classes.float().argmax(1).cpu())
     masks = torch.cat(out) if out else torch.zeros(0, *images.shape[-2:], dtype=torch.long)
     return (masks, torch.cat(image_classes)) if image_classes else masks
 

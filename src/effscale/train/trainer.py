@@ -323,7 +323,7 @@ class ClassificationTask:
                              "choose a smaller model or --phi")
         splits = self.load(config, spec)
         if run.init_source is None:
-            mean, std = _channel_stats(splits.train)
+            mean, std = splits.train.preprocessing_stats()
             spec = spec.replace(mean=mean, std=std)
         return spec, splits
 
@@ -741,15 +741,6 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
             for key, value in optimizer.state.get(param, {}).items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                     optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-def _channel_stats(dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    images = dataset.images[:5000].float() / 255
-    mean = images.mean((0, 2, 3)).tolist()
-    std = images.std((0, 2, 3)).clamp(min=1e-3).tolist()
-    if len(mean) == 1:  # the spec stores 3 values; grayscale uses their mean
-        mean, std = mean * 3, std * 3
-    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
 
 
 def _load_teacher(path: str, num_classes: int, in_chans: int) -> nn.Module:
