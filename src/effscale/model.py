@@ -58,7 +58,36 @@ def _create_dense(reference, *, num_classes, in_chans, weights, features_only, o
         raise EffscaleError("detectors and segmenters take no features_only or spec overrides here; give "
                             "overrides in the name (e.g. 'efficientdet@-3,anchor_scale=2')")
     if weights is not None:
-        return load_dense_model(weights)
+        from .dense.io import is_dense_file
+
+        if is_dense_file(weights):
+            return load_dense_model(weights)
+        return _from_effdet(reference, weights, in_chans)
     spec = resolve_dense_spec(reference, num_classes=num_classes) if isinstance(reference, str) \
         else dataclasses.replace(reference, num_classes=num_classes)
     return build_dense_model(spec, in_chans)
+
+
+def _from_effdet(reference, path, in_chans: int) -> nn.Module:
+    """A detector with an effdet tf_efficientdet_* checkpoint: the spec named by `reference`, made to
+    compute as the port does, with the checkpoint's class count."""
+    import dataclasses
+
+    from .dense.effdet_weights import effdet_compute, is_effdet_state, load_effdet_weights
+    from .dense.modules import build_dense_model
+    from .dense.spec import DetectorSpec, resolve_dense_spec
+    from .errors import EffscaleError
+    from .weights import read_state_dict
+
+    state = read_state_dict(path)
+    if not is_effdet_state(state):
+        raise EffscaleError(f"{str(path)!r} is neither an effscale detector / segmenter file nor an effdet "
+                            "EfficientDet checkpoint (tf_efficientdet_*)")
+    anchors = 9  # effdet's 3 scales x 3 aspect ratios
+    classes = state["class_net.predict.conv_pw.weight"].shape[0] // anchors
+    spec = resolve_dense_spec(reference, num_classes=classes) if isinstance(reference, str) \
+        else dataclasses.replace(reference, num_classes=classes)
+    if not isinstance(spec, DetectorSpec):
+        raise EffscaleError(f"{str(path)!r} is an effdet detector checkpoint; {spec.name} is not a detector")
+    model = build_dense_model(effdet_compute(spec), in_chans)
+    return load_effdet_weights(model, state).eval()

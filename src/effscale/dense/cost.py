@@ -8,8 +8,8 @@ this reproduces; paper Tan, Pang & Le 2020):
   its width differs from the BiFPN's) and 3x3 max pooling, the others by max pooling alone;
 - each BiFPN layer: a top-down node per level from max-1 down to min and a bottom-up node per
   level from min+1 up to max; every node fuses its inputs with one learned weight each (fast
-  normalised fusion), then swish and a separable conv (3x3 depthwise, no bias; 1x1 pointwise
-  with bias) and batch norm. In the first layer, every edge carrying a backbone feature whose
+  normalised fusion; none where the spec's fusion is "sum", as in D6-D7x), then swish and a
+  separable conv (3x3 depthwise, no bias; 1x1 pointwise with bias) and batch norm. In the first layer, every edge carrying a backbone feature whose
   width differs from the BiFPN's gets its own 1x1 conv + batch norm (including the top level
   entering the first top-down node when the pyramid ends inside the backbone, e.g. P3-P5; the
   released models always have levels above it, so there it never applies);
@@ -68,7 +68,7 @@ def detector_params(spec: DetectorSpec) -> dict:
     top_down = len(levels) - 1
     bottom_up = len(levels) - 1 if spec.neck == "bifpn" else 0
     # fusion weights: 2 per top-down node, 3 per bottom-up node but the top one (2); FPN: none
-    fusion_weights = 2 * top_down + 3 * (bottom_up - 1) + 2 if spec.neck == "bifpn" else 0
+    fusion_weights = 2 * top_down + 3 * (bottom_up - 1) + 2 if spec.weighted_fusion else 0
     per_layer = (top_down + bottom_up) * _separable(width, width) + fusion_weights
     bifpn = first_layer + spec.fpn_layers * per_layer
     head_convs = spec.head_layers * (width * 9 + width * width + width) + len(levels) * spec.head_layers * 2 * width

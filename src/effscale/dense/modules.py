@@ -42,9 +42,20 @@ class SeparableConv(nn.Module):
         return self.bn(self.pointwise(self.depthwise(x)))
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def downsample(x: torch.Tensor, same: bool = False) -> torch.Tensor:
+    """3x3 max pooling with stride 2. `same`: TensorFlow's 'SAME' padding (the extra row / column
+    at the bottom / right), as the TF reference and effdet's tf_* ports pool; otherwise one row /
+    column each side. Both give ceil(size / 2); they pick different windows."""
+    if not same:
+        return F.max_pool2d(x, 3, 2, 1)
+    pads = [max((-(-size // 2) - 1) * 2 + 3 - size, 0) for size in x.shape[-2:]]
+    x = F.pad(x, (pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2), value=float("-inf"))
+    return F.max_pool2d(x, 3, 2)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], same: bool = False) -> torch.Tensor:
     while x.shape[-1] > size[-1]:
-        x = F.max_pool2d(x, 3, 2, 1)
+        x = downsample(x, same)
     if x.shape[-1] < size[-1]:
         x = F.interpolate(x, size=size, mode="nearest")
     return x
@@ -54,9 +65,10 @@ class FusionNode(nn.Module):
     """One BiFPN node: inputs (by index into the running list of maps), optional width changes.
     `weighted=False` (the plain FPN) sums the inputs without fusion weights."""
 
-    def __init__(self, sources: list[int], width: int, convert: dict[int, int], weighted: bool = True):
+    def __init__(self, sources: list[int], width: int, convert: dict[int, int], weighted: bool = True,
+                 same: bool = False):
         super().__init__()
-        self.sources = sources
+        self.sources, self.same = sources, same
         self.weights = nn.Parameter(torch.ones(len(sources))) if weighted else None
         # per input position: a ConvBN when that edge carries a backbone feature of another width
         self.convert = nn.ModuleDict({str(i): ConvBN(cin, width) for i, cin in convert.items()})
@@ -73,14 +85,15 @@ class FusionNode(nn.Module):
             x = maps[source]
             if str(position) in self.convert:
                 x = self.convert[str(position)](x)
-            fused = fused + weight * _resize(x, size)
+            fused = fused + weight * _resize(x, size, self.same)
         return self.conv(F.silu(fused))
 
 
 class BiFPNLayer(nn.Module):
     """Top-down nodes (levels max-1 .. min), then bottom-up nodes (min+1 .. max)."""
 
-    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int]):
+    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int], weighted: bool = True,
+                 same: bool = False):
         super().__init__()
         self.levels = levels
         count = len(levels)
@@ -95,7 +108,7 @@ class BiFPNLayer(nn.Module):
             # the first node's second input is the raw top level (a backbone feature when the
             # pyramid ends inside the backbone, e.g. P3-P5)
             pairs = [(0, levels[index])] + ([(1, levels[-1])] if index == count - 2 else [])
-            nodes.append(FusionNode([index, previous], width, convert(*pairs)))
+            nodes.append(FusionNode([index, previous], width, convert(*pairs), weighted, same))
             self.targets.append(index)
             previous = count + len(nodes) - 1
         top_down = {index: count + k for k, index in enumerate(range(count - 2, -1, -1))}
@@ -103,9 +116,9 @@ class BiFPNLayer(nn.Module):
         for index in range(1, count):  # bottom-up
             if index < count - 1:
                 sources = [index, top_down[index], below]
-                nodes.append(FusionNode(sources, width, convert((0, levels[index]))))
+                nodes.append(FusionNode(sources, width, convert((0, levels[index])), weighted, same))
             else:
-                nodes.append(FusionNode([index, below], width, convert((0, levels[index]))))
+                nodes.append(FusionNode([index, below], width, convert((0, levels[index])), weighted, same))
             self.targets.append(index)
             below = count + len(nodes) - 1
         self.nodes = nn.ModuleList(nodes)
@@ -123,7 +136,8 @@ class FPNLayer(nn.Module):
     each the sum of its level and the upsampled level above, then swish and a separable conv; the
     top level passes through (width-converted once when it is a backbone feature)."""
 
-    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int]):
+    def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int], weighted: bool = False,
+                 same: bool = False):
         super().__init__()
         count = len(levels)
         top = in_widths[levels[-1]]
@@ -132,7 +146,7 @@ class FPNLayer(nn.Module):
         for index in range(count - 2, -1, -1):
             convert = {0: in_widths[levels[index]]} if in_widths[levels[index]] != width else {}
             previous = count if index == count - 2 else count + len(nodes)  # the converted top, or the node above
-            nodes.append(FusionNode([index, previous], width, convert, weighted=False))
+            nodes.append(FusionNode([index, previous], width, convert, weighted=False, same=same))
         self.nodes = nn.ModuleList(nodes)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -180,8 +194,11 @@ class EfficientDet(nn.Module):
         self.extra_levels = max(above, 0)
         in_widths = {lvl: features[lvl] if lvl <= deepest else width for lvl in spec.levels}
         layer = BiFPNLayer if spec.neck == "bifpn" else FPNLayer
-        layers = [layer(spec.levels, width, in_widths)]
-        layers += [layer(spec.levels, width, {lvl: width for lvl in spec.levels})
+        # the neck pools as the backbone pads: TF 'same' for the TF-ported reference
+        self.same = spec.backbone.padding == "same"
+        options = dict(weighted=spec.weighted_fusion, same=self.same)
+        layers = [layer(spec.levels, width, in_widths, **options)]
+        layers += [layer(spec.levels, width, {lvl: width for lvl in spec.levels}, **options)
                    for _ in range(spec.fpn_layers - 1)]
         self.bifpn = nn.ModuleList(layers)
         self.class_head = Head(width, spec.head_layers, len(spec.levels), spec.num_anchors * spec.num_classes)
@@ -198,7 +215,7 @@ class EfficientDet(nn.Module):
         for k in range(self.extra_levels):
             if k == 0 and self.first_above is not None:
                 x = self.first_above(x)
-            x = F.max_pool2d(x, 3, 2, 1)
+            x = downsample(x, self.same)
             features.append(x)
         for layer in self.bifpn:
             features = layer(features)
@@ -252,4 +269,4 @@ def build_dense_model(spec, in_chans: int = 3) -> nn.Module:
     return EfficientDet(spec, in_chans) if isinstance(spec, DetectorSpec) else Segmenter(spec, in_chans)
 
 
-__all__ = ["BiFPNLayer", "EfficientDet", "FPNLayer", "FusionNode", "Head", "SeparableConv", "Segmenter", "build_dense_model"]
+__all__ = ["BiFPNLayer", "downsample", "EfficientDet", "FPNLayer", "FusionNode", "Head", "SeparableConv", "Segmenter", "build_dense_model"]

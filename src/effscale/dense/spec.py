@@ -21,6 +21,9 @@ from ..scaling import Coefficients, compound, scale
 from ..spec import EFFICIENTNET_B0, NetworkSpec
 
 NECKS = ("bifpn", "fpn")
+# BiFPN node fusion: "fast" = fast normalised fusion with learned weights; "sum" = unweighted sum, which
+# the reference uses for D6-D7x ("for training stability", effdet's bifpn_sum). A plain FPN always sums.
+FUSIONS = ("fast", "sum")
 WIDTH_DIVISOR = 8  # BiFPN widths off the table are rounded to multiples of 8 (the table's are)
 MIN_RESOLUTION_STEPS = 1  # the formula's input is at least one 2^max_level step
 
@@ -40,6 +43,12 @@ class DetectorSpec:
     num_scales: int = 3  # anchor scales per level
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_scale: float = 4.0  # anchor size at level l = anchor_scale * 2^l (the reference's 4)
+    fusion: str = "fast"
+
+    @property
+    def weighted_fusion(self) -> bool:
+        """Whether the neck's nodes learn fusion weights (BiFPN with fast fusion only)."""
+        return self.neck == "bifpn" and self.fusion == "fast"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +68,8 @@ class DetectorSpec:
             raise EffscaleError(f"{self.name}: backbone must be a NetworkSpec, got {type(self.backbone).__name__}")
         if self.neck not in NECKS:
             raise EffscaleError(f"{self.name}: neck {self.neck!r} is unknown; allowed: {', '.join(NECKS)}")
+        if self.fusion not in FUSIONS:
+            raise EffscaleError(f"{self.name}: fusion {self.fusion!r} is unknown; allowed: {', '.join(FUSIONS)}")
         for field in ("fpn_channels", "fpn_layers", "head_layers", "num_classes", "num_scales"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -105,6 +116,8 @@ EFFICIENTDET_TABLE = {
     "efficientdet_d7x": (None, "efficientnet_b7", 1536, 384, 8, 5, 8),
 }
 
+SUM_FUSION = ("efficientdet_d6", "efficientdet_d7", "efficientdet_d7x")  # the reference's bifpn_sum
+
 
 def efficientdet_formula(phi: float, max_level: int = 7) -> dict:
     """EfficientDet's scaling equations at any finite phi, rounded to the nearest (halves up): width
@@ -138,7 +151,8 @@ def efficientdet(phi_or_name, *, num_classes: int = 90) -> DetectorSpec:
                                 "(or a number: any phi)")
         _, backbone, resolution, width, layers, head, max_level = EFFICIENTDET_TABLE[key]
         return DetectorSpec(name=key, backbone=get_spec(backbone), resolution=resolution, fpn_channels=width,
-                            fpn_layers=layers, head_layers=head, max_level=max_level, num_classes=num_classes)
+                            fpn_layers=layers, head_layers=head, max_level=max_level, num_classes=num_classes,
+                            fusion="sum" if key in SUM_FUSION else "fast")
     phi = phi_or_name
     if isinstance(phi, (int, float)) and not isinstance(phi, bool) and float(phi).is_integer() and 0 <= phi <= 7:
         return efficientdet(f"d{int(phi)}", num_classes=num_classes)
