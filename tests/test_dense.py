@@ -166,3 +166,38 @@ def test_detector_macs_equal_the_modules_counted_flops_and_the_published_figures
     published = [2.5, 6.1, 11, 25, 55, 135, 226, 325]
     for phi, billions in enumerate(published):
         assert abs(detector_macs(efficientdet(phi))["total"] / 1e9 / billions - 1) < 0.02
+
+
+@pytest.mark.parametrize("name", ["efficientdet@-3,anchor_scale=2", "efficientdet@-3,neck=fpn,max_level=5",
+                                  "multitask@-3,resolution=64"])
+def test_per_layer_cost_adds_up_to_the_module_and_names_its_convs(name):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from effscale.dense import dense_cost, dense_layer_cost, resolve_dense_spec
+    from effscale.dense.modules import build_dense_model
+
+    spec = resolve_dense_spec(name, num_classes=3)
+    counted = dense_layer_cost(spec)
+    module = build_dense_model(spec).eval()
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        module(torch.zeros(1, 3, spec.resolution, spec.resolution))
+    assert counted.params == sum(p.numel() for p in module.parameters()) == dense_cost(spec)["params"]
+    assert 2 * counted.macs == flops.get_total_flops() and counted.macs == dense_cost(spec)["macs"]
+    convs = [row for row in counted.layers if row.kind in ("conv", "pointwise", "depthwise", "se_reduce", "se_expand")]
+    for row in convs:  # each conv row is the module's conv of that path and shape
+        conv = module.get_submodule(row.name)
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.groups) == (
+            row.in_channels, row.out_channels, row.kernel, row.groups), row.name
+    kinds = {row.kind for row in counted.layers}
+    expected = {"upsample", "add", "pool", "linear"}  # the multi-task segmenter's decoder and image head
+    if hasattr(spec, "neck"):  # a detector's node sums, resizes and (BiFPN) bottom-up pooling
+        expected = {"fusion", "upsample", "maxpool"} if spec.neck == "bifpn" else {"fusion", "upsample"}
+    assert expected <= kinds
+    # a shared head conv is counted once but read at every level
+    if hasattr(spec, "neck"):
+        rows = [r for r in counted.layers if r.name == "class_head.predict.pointwise"]
+        assert len(rows) == len(spec.levels) and rows[0].params > 0 and all(r.params == 0 for r in rows[1:])
+        assert all(r.bytes_read > r.activations for r in rows[1:])
+    twice = dense_layer_cost(spec, batch=2)  # activations and their peak scale with the batch, weights do not
+    assert twice.peak_activation_bytes == 2 * counted.peak_activation_bytes and twice.params == counted.params

@@ -58,21 +58,22 @@ def cmd_models(args) -> None:
 
 def _dense_info(args) -> None:
     """`info` for a detector / segmenter name: the spec and its cost by part (dense_cost)."""
-    from .dense.cost import dense_cost
+    from .dense.cost import dense_cost, dense_layer_cost
     from .dense.spec import dense_spec_to_dict, resolve_dense_spec
 
     used = [flag for flag, value in (("--phi", args.phi), ("--alpha", args.alpha), ("--beta", args.beta),
                                      ("--gamma", args.gamma), ("--width", args.width), ("--depth", args.depth),
                                      ("--resolution", args.resolution), ("--image-size", args.image_size))
-            if value is not None] + [flag for flag, on in (("--layers", args.layers), ("--roofline", args.roofline))
-                                     if on]
+            if value is not None] + (["--roofline"] if args.roofline else [])
     if used:
         raise EffscaleError(f"{used[0]} is for classifier specs; a detector / segmenter is scaled in its name "
-                            f"(e.g. efficientdet@1.5) and has no per-layer table yet")
+                            f"(e.g. efficientdet@1.5)" + (" and has no roofline view yet" if args.roofline else ""))
     spec = resolve_dense_spec(args.model, num_classes=args.num_classes)
     counted = dense_cost(spec)
+    rows = dense_layer_cost(spec) if args.layers else None
     if args.json:
-        return _print_json({"spec": dense_spec_to_dict(spec), **counted})
+        extra = {"layers": rows.to_dict(layers=True)["layers"]} if rows else {}
+        return _print_json({"spec": dense_spec_to_dict(spec), **counted, **extra})
     fields = dense_spec_to_dict(spec)
     fields.pop("backbone")
     print(f"{spec.name}: " + ", ".join(f"{k}={v}" for k, v in fields.items() if k not in ("kind", "name")))
@@ -82,6 +83,12 @@ def _dense_info(args) -> None:
     _table("by part", ["part", "params", "MACs"],
            [[part, _human(value), _human(counted["macs_by_part"].get(part, 0))]
             for part, value in counted["params_by_part"].items() if part != "total"])
+    if rows:
+        _table(f"{spec.name} layers (a shared head's weights counted at its first level)",
+               ["layer", "kind", "in", "out", "k", "s", "out hw", "params", "MACs", "activations", "FLOP/byte"],
+               [[r.name, r.kind, r.in_channels, r.out_channels, r.kernel, r.stride, "x".join(map(str, r.out_hw)),
+                 _human(r.params), _human(r.macs), _human(r.activations), f"{r.intensity:.1f}"] for r in rows.layers])
+        print(f"peak activation memory {_human(rows.peak_activation_bytes, 'B')} (fp32, batch 1)")
 
 
 def cmd_info(args) -> None:

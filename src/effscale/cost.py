@@ -78,7 +78,9 @@ from .zoo import resolve_spec
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 MAC_KINDS = frozenset({"conv", "pointwise", "depthwise", "se_reduce", "se_expand", "linear"})
-ELEMENTWISE_KINDS = frozenset({"pool", "se_scale", "residual"})
+# pool / se_scale / residual occur in every network; maxpool, upsample, fusion and add only in the
+# necks and decoders of detectors and segmenters (dense/cost.py)
+ELEMENTWISE_KINDS = frozenset({"pool", "se_scale", "residual", "maxpool", "upsample", "fusion", "add"})
 KINDS = MAC_KINDS | ELEMENTWISE_KINDS
 
 
@@ -174,9 +176,9 @@ class _Pass:
         return len(self.sizes) - 1
 
     def _add(self, reads: tuple[int, ...], out_channels: int, out_hw: tuple[int, int], params: int,
-             **fields) -> int:
+             shared: int = 0, **fields) -> int:
         out = self.tensor(out_channels, out_hw)
-        read = sum(self.sizes[t] for t in reads) + params
+        read = sum(self.sizes[t] for t in reads) + params + shared
         self.rows.append(LayerCost(out_channels=out_channels, out_hw=out_hw, params=params,
                                    activations=self.sizes[out], bytes_read=read * self.itemsize,
                                    bytes_written=self.sizes[out] * self.itemsize, **fields))
@@ -185,13 +187,16 @@ class _Pass:
 
     def conv(self, name: str, x: int, in_channels: int, out_channels: int, kernel: int,
              in_hw: tuple[int, int], stride: int = 1, groups: int = 1, kind: str | None = None,
-             bias: bool = False, norm: bool = True) -> tuple[int, tuple[int, int]]:
+             bias: bool = False, norm: bool = True, shared: bool = False) -> tuple[int, tuple[int, int]]:
+        """`shared`: the conv's weights (and bias) belong to an earlier row, as a detector head's
+        convs are shared across levels; they are read again but counted as parameters once."""
         out_hw = tuple(conv_output_size(s, kernel, stride, self.padding) for s in in_hw)
         weights = out_channels * (in_channels // groups) * kernel * kernel
-        params = weights + (out_channels if bias else 0) + (2 * out_channels if norm else 0)
+        own = weights + (out_channels if bias else 0)
+        params = (0 if shared else own) + (2 * out_channels if norm else 0)
         if kind is None:
             kind = "pointwise" if kernel == 1 else "conv"
-        out = self._add((x,), out_channels, out_hw, params, name=name, kind=kind,
+        out = self._add((x,), out_channels, out_hw, params, own if shared else 0, name=name, kind=kind,
                         in_channels=in_channels, kernel=kernel, stride=stride, groups=groups,
                         in_hw=in_hw, macs=self.batch * out_hw[0] * out_hw[1] * weights)
         return out, out_hw
@@ -215,9 +220,9 @@ class _Pass:
                             kind="se_expand", bias=True, norm=False)
         return self.elementwise(f"{prefix}.scale", "se_scale", (x, gate), channels, hw, hw)
 
-    def block(self, block: BlockSpec, x: int, hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    def block(self, block: BlockSpec, x: int, hw: tuple[int, int], prefix: str = "") -> tuple[int, tuple[int, int]]:
         """One MBConv / FusedMBConv: its `layers()` in order, as the module builder walks them."""
-        prefix = f"stages.{block.stage}.{block.position}"
+        prefix = f"{prefix}stages.{block.stage}.{block.position}"
         out, out_hw = x, hw
         for layer in block.layers():
             if layer.kind == "se":
@@ -229,6 +234,17 @@ class _Pass:
         if block.has_residual:
             out = self.elementwise(f"{prefix}.residual", "residual", (x, out), block.out_channels, hw, hw)
         return out, out_hw
+
+    def backbone(self, spec: NetworkSpec, x: int, in_chans: int, resolution: int,
+                 prefix: str = "") -> dict[int, tuple[int, tuple[int, int]]]:
+        """Stem and blocks of `spec` on image tensor `x`: {stage: (output tensor, its size)}, stem = -1."""
+        hw = (resolution, resolution)
+        x, hw = self.conv(f"{prefix}stem.conv", x, in_chans, spec.stem_channels, STEM_KERNEL, hw, STEM_STRIDE)
+        outputs = {-1: (x, hw)}
+        for block in spec.blocks():
+            x, hw = self.block(block, x, hw, prefix)
+            outputs[block.stage] = (x, hw)
+        return outputs
 
     def peak_bytes(self) -> int:
         """Max over rows of the bytes of all tensors live while the row runs (see module docstring)."""
@@ -289,12 +305,10 @@ def cost(spec_or_model, resolution: int | None = None, batch: int = 1, dtype: st
     _check_int("in_chans", in_chans, 1)
 
     walk = _Pass(batch, DTYPE_BYTES[dtype], spec.padding)
-    x, hw = walk.tensor(in_chans, (resolution, resolution)), (resolution, resolution)
-    x, hw = walk.conv("stem.conv", x, in_chans, spec.stem_channels, STEM_KERNEL, hw, STEM_STRIDE)
-    stage_outputs = {-1: x}
-    for block in spec.blocks():
-        x, hw = walk.block(block, x, hw)
-        stage_outputs[block.stage] = x
+    x = walk.tensor(in_chans, (resolution, resolution))
+    stage_outputs = walk.backbone(spec, x, in_chans, resolution)
+    x, hw = stage_outputs[max(stage_outputs)]
+    stage_outputs = {stage: tensor for stage, (tensor, _) in stage_outputs.items()}
     if features_only:
         walk.pinned = {stage_outputs[level["stage"]] for level in spec.feature_levels()}
     else:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..nn.network import EfficientNet
 from .cost import level_channels
-from .spec import DetectorSpec, SegmenterSpec
+from .spec import DetectorSpec, SegmenterSpec, neck_topology
 
 FUSION_EPS = 1e-4
 PRIOR = 0.01
@@ -90,45 +90,30 @@ class FusionNode(nn.Module):
 
 
 class BiFPNLayer(nn.Module):
-    """Top-down nodes (levels max-1 .. min), then bottom-up nodes (min+1 .. max)."""
+    """Top-down nodes (levels max-1 .. min), then bottom-up nodes (min+1 .. max); see `neck_topology`."""
 
     def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int], weighted: bool = True,
                  same: bool = False):
         super().__init__()
         self.levels = levels
-        count = len(levels)
-        nodes, self.targets = [], []
-
-        def convert(*pairs):  # (input position, level of the original feature it carries)
-            return {pos: in_widths[lvl] for pos, lvl in pairs if in_widths[lvl] != width}
-
-        # running list: 0..count-1 are the inputs (levels ascending), then each node's output
-        previous = count - 1
-        for index in range(count - 2, -1, -1):  # top-down
-            # the first node's second input is the raw top level (a backbone feature when the
-            # pyramid ends inside the backbone, e.g. P3-P5)
-            pairs = [(0, levels[index])] + ([(1, levels[-1])] if index == count - 2 else [])
-            nodes.append(FusionNode([index, previous], width, convert(*pairs), weighted, same))
-            self.targets.append(index)
-            previous = count + len(nodes) - 1
-        top_down = {index: count + k for k, index in enumerate(range(count - 2, -1, -1))}
-        below = top_down[0]  # P_min's top-down node is its output
-        for index in range(1, count):  # bottom-up
-            if index < count - 1:
-                sources = [index, top_down[index], below]
-                nodes.append(FusionNode(sources, width, convert((0, levels[index])), weighted, same))
-            else:
-                nodes.append(FusionNode([index, below], width, convert((0, levels[index])), weighted, same))
-            self.targets.append(index)
-            below = count + len(nodes) - 1
-        self.nodes = nn.ModuleList(nodes)
-        self.outputs = [top_down[0]] + [count + (count - 1) + k for k in range(count - 1)]
+        graph, self.outputs = neck_topology(len(levels), "bifpn")
+        self.targets = [target for target, _ in graph]
+        self.nodes = nn.ModuleList(FusionNode(sources, width, _conversions(sources, levels, width, in_widths),
+                                              weighted, same) for _, sources in graph)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         maps = list(features)
         for node, target in zip(self.nodes, self.targets):
             maps.append(node(maps, features[target].shape[-2:]))
         return [maps[i] for i in self.outputs]
+
+
+def _conversions(sources: list[int], levels: tuple[int, ...], width: int, in_widths: dict[int, int]) -> dict:
+    """Input position -> input width, for each input that is an original feature of another width
+    (a backbone level, in the first layer): those get a 1x1 conv + BN (the top level too when the
+    pyramid ends inside the backbone, e.g. P3-P5)."""
+    return {position: in_widths[levels[source]] for position, source in enumerate(sources)
+            if source < len(levels) and in_widths[levels[source]] != width}
 
 
 class FPNLayer(nn.Module):
@@ -139,22 +124,19 @@ class FPNLayer(nn.Module):
     def __init__(self, levels: tuple[int, ...], width: int, in_widths: dict[int, int], weighted: bool = False,
                  same: bool = False):
         super().__init__()
-        count = len(levels)
         top = in_widths[levels[-1]]
         self.top = ConvBN(top, width) if top != width else None
-        nodes = []
-        for index in range(count - 2, -1, -1):
-            convert = {0: in_widths[levels[index]]} if in_widths[levels[index]] != width else {}
-            previous = count if index == count - 2 else count + len(nodes)  # the converted top, or the node above
-            nodes.append(FusionNode([index, previous], width, convert, weighted=False, same=same))
-        self.nodes = nn.ModuleList(nodes)
+        graph, self.outputs = neck_topology(len(levels), "fpn")
+        self.targets = [target for target, _ in graph]
+        self.nodes = nn.ModuleList(FusionNode(sources, width, _conversions(sources, levels, width, in_widths),
+                                              weighted=False, same=same) for _, sources in graph)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         top = features[-1] if self.top is None else self.top(features[-1])
         maps = list(features) + [top]
-        for node, index in zip(self.nodes, range(len(features) - 2, -1, -1)):
-            maps.append(node(maps, features[index].shape[-2:]))
-        return maps[len(features) + 1:][::-1] + [top]
+        for node, target in zip(self.nodes, self.targets):
+            maps.append(node(maps, features[target].shape[-2:]))
+        return [maps[i] for i in self.outputs]
 
 
 class Head(nn.Module):

@@ -102,6 +102,37 @@ def backbone_levels(backbone: NetworkSpec) -> dict[int, int]:
     return {level["reduction"].bit_length() - 1: level["num_chs"] for level in backbone.feature_levels()}
 
 
+def neck_topology(count: int, neck: str) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """One neck layer over `count` levels as a graph, for the modules and the cost alike.
+
+    Maps are numbered as the layer builds them: 0..count-1 its inputs (levels ascending), then
+    each node's output in turn (a plain FPN first appends its top level, converted, at `count`).
+    Returns ([(level index of the node, [input map numbers])] in execution order, the map numbers
+    of the outputs, levels ascending). BiFPN: top-down nodes from level count-2 to 0, each fusing
+    its input with the node (or top input) above, then bottom-up nodes from 1 to count-1, fusing
+    the input, the top-down node of that level (not at the top) and the node below. FPN: the
+    top-down nodes only. An input number below `count` is an original feature of that level."""
+    nodes: list[tuple[int, list[int]]] = []
+    if neck == "fpn":
+        previous = count  # the converted top level
+        for index in range(count - 2, -1, -1):
+            nodes.append((index, [index, previous]))
+            previous = count + len(nodes)
+        return nodes, [count + k for k in range(len(nodes), 0, -1)] + [count]
+    previous = count - 1
+    top_down = {}
+    for index in range(count - 2, -1, -1):
+        nodes.append((index, [index, previous]))
+        previous = top_down[index] = count + len(nodes) - 1
+    below = top_down[0]
+    bottom_up = []
+    for index in range(1, count):
+        nodes.append((index, [index, top_down[index], below] if index < count - 1 else [index, below]))
+        below = count + len(nodes) - 1
+        bottom_up.append(below)
+    return nodes, [top_down[0]] + bottom_up
+
+
 # -- EfficientDet ---------------------------------------------------------------------------------------
 # name: (phi, backbone, input, BiFPN width, BiFPN repeats, head repeats, max level); paper Table 1
 EFFICIENTDET_TABLE = {
@@ -328,4 +359,4 @@ def resolve_dense_spec(reference: str, *, num_classes: int):
 
 __all__ = ["DENSE_NAME_FORMS", "DetectorSpec", "EFFICIENTDET_TABLE", "SegmenterSpec", "dense_spec_from_dict",
            "dense_spec_to_dict", "efficientdet", "efficientdet_formula", "fast_scaling", "fast_scaling_coefficients",
-           "resolve_dense_spec", "segmenter"]
+           "neck_topology", "resolve_dense_spec", "segmenter"]
