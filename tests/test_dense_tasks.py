@@ -385,3 +385,43 @@ def test_info_shows_a_detector_by_part(capsys):
     assert shown["params"] == 3_880_067 and shown["params_by_part"]["total"] == shown["params"]
     assert main(["info", "efficientdet@-3", "--phi", "1"]) == 2
     assert "--phi is for classifier specs" in capsys.readouterr().err
+
+
+def test_an_exported_detector_evaluates_and_predicts_as_the_pytorch_one(task_dir, tmp_path, capsys):
+    from effscale.cli import main
+    from effscale.dense.io import save_dense_weights
+    from effscale.dense_predict import evaluate_dense_weights, predict_dense
+    from effscale.export import export, load_exported
+    from effscale.train import train
+
+    pytest.importorskip("onnxruntime")
+    train(_config("detection", f"coco:{task_dir}", tmp_path / "run", max_steps=2))
+    # two steps leave every score near the prior 0.01, and exact ties order differently in any two
+    # runtimes: spread the class logits so that the detections compared below are well separated
+    trained = load_dense_model(tmp_path / "run")
+    with torch.no_grad():
+        trained.class_head.predict.pointwise.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(0))
+        trained.class_head.predict.pointwise.bias.fill_(0.0)
+    save_dense_weights(trained, tmp_path / "run" / "model.safetensors", extra={"classes": trained.classes})
+    manifest = export(tmp_path / "run", tmp_path / "onnx")
+    assert manifest["task"] == "detection" and [o["name"] for o in manifest["outputs"]] == ["scores", "boxes"]
+    assert manifest["parity"]["passed"] and manifest["classes"][0] == "T-shirt/top"
+    model = load_exported(tmp_path / "onnx")
+    scores, boxes = model(torch.zeros(2, 3, 64, 64))
+    anchors = sum(9 * (64 // 2 ** level) ** 2 for level in (3, 4, 5))
+    assert scores.shape == (2, anchors, 10) and boxes.shape == (2, anchors, 4) and 0 <= scores.min() <= scores.max() <= 1
+    torch_result = evaluate_dense_weights(tmp_path / "run", f"coco:{task_dir}")
+    onnx_result = evaluate_dense_weights(tmp_path / "onnx", f"coco:{task_dir}")
+    assert onnx_result["runtime"] == "onnxruntime" and torch_result["runtime"] == "torch"
+    for key in ("map", "map_50", "map_75"):
+        assert onnx_result[key] == pytest.approx(torch_result[key], abs=0.05)
+    image = str(task_dir / "test" / "images" / "000000.png")
+    ours = predict_dense([image], tmp_path / "run", tmp_path / "a", score_threshold=0.3)[0]["detections"]
+    theirs = predict_dense([image], tmp_path / "onnx", tmp_path / "b", score_threshold=0.3)[0]["detections"]
+    assert len(ours) == len(theirs) > 0
+    assert all(a["class"] == b["class"] and a["box_xyxy"] == pytest.approx(b["box_xyxy"], abs=0.2)
+               for a, b in zip(ours, theirs))
+    assert main(["eval", str(tmp_path / "onnx"), "--data", f"coco:{task_dir}"]) == 0
+    assert "(onnxruntime)" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run"), "--data", f"coco:{task_dir}", "--runtime", "onnxruntime"]) == 2
+    assert "--runtime is for exported artifact directories" in capsys.readouterr().err

@@ -155,10 +155,18 @@ def _roofline(spec, args) -> None:
               f"({view['fusion_bytes_saved'] / view['bytes']:.0%}): {view['fusion_ms_saved']:.2f} ms of the bound")
 
 
-def cmd_predict(args) -> None:
+def _is_dense_weights(path) -> bool:
+    """A detector / segmenter weights file or run, or an artifact exported from one."""
     from .dense.io import is_dense_file
+    from .export.manifest import is_artifact, read_manifest
 
-    if is_dense_file(args.weights):
+    if is_artifact(path):
+        return read_manifest(path).get("task", "classification") != "classification"
+    return is_dense_file(path)
+
+
+def cmd_predict(args) -> None:
+    if _is_dense_weights(args.weights):
         return _predict_dense(args)
     if args.out:
         raise EffscaleError("--out is for detector / segmenter weights (drawings); a classifier prints its top-k")
@@ -177,7 +185,8 @@ def cmd_predict(args) -> None:
 def _predict_dense(args) -> None:
     from .dense_predict import predict_dense
 
-    rows = predict_dense(args.images, args.weights, args.out or "predictions", score_threshold=args.score_threshold)
+    rows = predict_dense(args.images, args.weights, args.out or "predictions", score_threshold=args.score_threshold,
+                         runtime=args.runtime)
     if args.json:
         return _print_json(rows)
     for row in rows:
@@ -257,23 +266,21 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .dense.io import is_dense_file
-
-    if is_dense_file(args.weights):
+    if _is_dense_weights(args.weights):
         from .dense_predict import evaluate_dense_weights
 
-        result = evaluate_dense_weights(args.weights, args.data)
+        result = evaluate_dense_weights(args.weights, args.data, runtime=args.runtime)
         if args.json:
             return _print_json(result)
         if result["task"] == "detection":
             sizes = ", ".join(f"{size} {result['map_' + size]:.2f}" for size in ("small", "medium", "large")
                               if result["map_" + size] is not None)
-            print(f"{result['weights']} on {result['data']}: mAP@[.5:.95] {result['map']:.2f}, mAP@.5 "
+            print(f"{result['weights']} ({result['runtime']}) on {result['data']}: mAP@[.5:.95] {result['map']:.2f}, mAP@.5 "
                   f"{result['map_50']:.2f}, mAP@.75 {result['map_75']:.2f}; by size: {sizes} ({result['samples']} "
                   "images, COCO metrics by faster-coco-eval)")
         else:
             top1 = f", image top-1 {result['top1']:.2f} %" if "top1" in result else ""
-            print(f"{result['weights']} on {result['data']}: mIoU {result['miou']:.2f} %, pixel accuracy "
+            print(f"{result['weights']} ({result['runtime']}) on {result['data']}: mIoU {result['miou']:.2f} %, pixel accuracy "
                   f"{result['pixel_accuracy']:.2f} %{top1} ({result['samples']} images)")
             _table("IoU per class", ["class", "IoU %"],
                    [[name, "-" if v is None else f"{v:.1f}"] for name, v in result["iou"].items()])

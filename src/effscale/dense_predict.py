@@ -23,22 +23,43 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
 SCORE_THRESHOLD = 0.3  # drawn and listed; eval uses every detection above 0.05, as COCO mAP expects
 
 
-def evaluate_dense_weights(weights, data: str) -> dict:
-    """mAP (detector) or mIoU (segmenter) of the model in `weights` on `data`'s test split."""
+def open_dense_model(weights, runtime: str | None = None):
+    """The detector / segmenter in `weights`: an effscale dense weights file or run directory (the
+    PyTorch model), or an exported artifact directory (run on `runtime`, default its own; it gives
+    the deployed outputs, dense/deploy.py)."""
+    from .export.manifest import is_artifact
+
+    if is_artifact(weights):
+        from .export import load_exported
+
+        model = load_exported(weights, runtime)
+        if model.task == "classification":
+            raise EffscaleError(f"{str(weights)!r} is an exported classifier, not a detector / segmenter")
+        return model
+    if runtime is not None:
+        raise EffscaleError(f"--runtime is for exported artifact directories; {str(weights)!r} runs in PyTorch")
+    return load_dense_model(weights)
+
+
+def evaluate_dense_weights(weights, data: str, runtime: str | None = None) -> dict:
+    """mAP (detector) or mIoU (segmenter) of the model in `weights` (or an exported artifact, on
+    `runtime`) on `data`'s test split."""
     from .train.dense_task import evaluate_detector, evaluate_segmenter
 
-    model = load_dense_model(weights)
+    model = open_dense_model(weights, runtime)
     detector = isinstance(model.spec, DetectorSpec)
     splits = load_dense(data, kind="boxes" if detector else "masks", size=model.spec.resolution)
     if model.classes and list(model.classes) != list(splits.classes):
         raise EffscaleError(f"the model's classes {model.classes} are not the data's {splits.classes}")
     result = evaluate_detector(model, splits.test) if detector else evaluate_segmenter(model, splits.test)
     task = "detection" if detector else ("multitask" if model.spec.classify else "segmentation")
-    return {"weights": str(weights), "data": data, "task": task,
-            "model": model.spec.name, **result, "data_report": splits.test.report.to_dict()}
+    ran = getattr(model, "runtime", None)
+    return {"weights": str(weights), "data": data, "task": task, "model": model.spec.name,
+            "runtime": ran["runtime"] if ran else "torch", **result, "data_report": splits.test.report.to_dict()}
 
 
-def predict_dense(images: list[str], weights, out_dir, score_threshold: float = SCORE_THRESHOLD) -> list[dict]:
+def predict_dense(images: list[str], weights, out_dir, score_threshold: float = SCORE_THRESHOLD,
+                  runtime: str | None = None) -> list[dict]:
     """Detections or masks for image files; drawings into `out_dir` (created)."""
     from .train.dense_task import detector_predictions, segmenter_predictions
 
@@ -48,7 +69,7 @@ def predict_dense(images: list[str], weights, out_dir, score_threshold: float = 
     if missing:
         raise EffscaleError(f"image file {missing[0]!r} does not exist" + (f" (and {len(missing) - 1} more)"
                                                                             if len(missing) > 1 else ""))
-    model = load_dense_model(weights)
+    model = open_dense_model(weights, runtime)
     size = model.spec.resolution
     names = list(model.classes or [str(k) for k in range(model.spec.num_classes)])
     out_dir = Path(out_dir)
@@ -104,4 +125,4 @@ def _overlay(image: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(blended.astype(np.uint8))
 
 
-__all__ = ["evaluate_dense_weights", "predict_dense"]
+__all__ = ["evaluate_dense_weights", "open_dense_model", "predict_dense"]

@@ -43,7 +43,7 @@ def is_dense_reference(reference) -> bool:
     if isinstance(reference, (DetectorSpec, SegmenterSpec)):
         return True
     return isinstance(reference, str) and (reference.split(",")[0] in EFFICIENTDET_TABLE
-                                           or reference.startswith(("efficientdet@", "segmenter@")))
+                                           or reference.startswith(("efficientdet@", "segmenter@", "multitask@")))
 
 
 def _create_dense(reference, *, num_classes, in_chans, weights, features_only, overrides) -> nn.Module:

@@ -151,23 +151,32 @@ def detection_loss(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.T
     return {"loss": class_part + box_part, "class": class_part.detach(), "box": box_part.detach()}
 
 
-def postprocess(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor, *, score_threshold: float = 0.05,
-                iou_threshold: float = 0.5, pre_nms: int = 1000, max_detections: int = 100) -> list[dict]:
-    """Per image: {"boxes" N x 4, "scores" N, "labels" N} after top-k, threshold and per-class NMS."""
+def postprocess(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor, **options) -> list[dict]:
+    """Per image: {"boxes" N x 4, "scores" N, "labels" N} after top-k, threshold and per-class NMS
+    (`select_detections`' options), from the head's flattened logits and anchor offsets."""
+    return select_detections(torch.sigmoid(logits.float()), decode(offsets.float(), anchors), **options)
+
+
+def select_detections(scores: torch.Tensor, boxes: torch.Tensor, *, score_threshold: float = 0.05,
+                      iou_threshold: float = 0.5, pre_nms: int = 1000, max_detections: int = 100) -> list[dict]:
+    """Per image of `scores` (B x anchors x classes, probabilities) and decoded `boxes` (B x anchors
+    x 4): the `pre_nms` best (anchor, class) pairs above `score_threshold`, then per-class NMS at
+    `iou_threshold`, at most `max_detections`; {"boxes", "scores", "labels"} each. This is all an
+    exported detector (outputs scores and boxes) needs after the runtime."""
     results = []
-    num_classes = logits.shape[-1]
-    for image in range(logits.shape[0]):
-        scores = torch.sigmoid(logits[image].float()).flatten()
-        keep = min(pre_nms, scores.numel())
-        top, index = scores.topk(keep)
+    num_classes = scores.shape[-1]
+    for image in range(scores.shape[0]):
+        flat = scores[image].float().flatten()
+        top, index = flat.topk(min(pre_nms, flat.numel()))
         chosen = top > score_threshold
         top, index = top[chosen], index[chosen]
         anchor_index, labels = index // num_classes, index % num_classes
-        boxes = decode(offsets[image][anchor_index].float(), anchors[anchor_index])
-        kept = batched_nms(boxes, top, labels, iou_threshold)[:max_detections]
-        results.append({"boxes": boxes[kept], "scores": top[kept], "labels": labels[kept]})
+        chosen_boxes = boxes[image][anchor_index].float()
+        kept = batched_nms(chosen_boxes, top, labels, iou_threshold)[:max_detections]
+        results.append({"boxes": chosen_boxes[kept], "scores": top[kept], "labels": labels[kept]})
     return results
 
 
 __all__ = ["BOX_LOSSES", "anchor_boxes", "box_iou", "decode", "detection_loss", "encode", "flatten_outputs",
-           "focal_loss", "generalized_iou", "match", "postprocess"]
+           "focal_loss", "generalized_iou", "match", "postprocess",
+           "select_detections"]

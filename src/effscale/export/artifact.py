@@ -61,9 +61,7 @@ def export(source, out: str | os.PathLike, *, format: str = "onnx", model=None,
     try:
         extra = _write_model(format, network, torch.from_numpy(x), partial / MODEL_FILES[format],
                              _output_names(network))
-        from ..weights import save_weights
-
-        save_weights(network, partial / "model.safetensors", extra_metadata={"classes": classes} if classes else None)
+        _save_weights(network, partial / "model.safetensors", classes)
         manifest = _manifest(format, network, described, classes, extra)
         run, ran = open_runner(partial, {**manifest, "model_file": MODEL_FILES[format]}, DEFAULT_RUNTIME[format])
         parity = compare(reference, run(x), classifier=_is_classifier(network), tolerance=tolerance, float64=float64)
@@ -87,7 +85,8 @@ class ExportedModel:
 
     def __init__(self, directory: Path, manifest: dict, runtime: str):
         self.directory, self.manifest = Path(directory), manifest
-        self.spec = NetworkSpec.from_text(manifest["spec"])
+        self.task = manifest.get("task", "classification")
+        self.spec = _manifest_spec(manifest)
         self.num_classes, self.in_chans = int(manifest["num_classes"]), int(manifest["in_chans"])
         self.features_only = bool(manifest["features_only"])
         self.classes = manifest.get("classes")
@@ -97,6 +96,10 @@ class ExportedModel:
     def __call__(self, batch: torch.Tensor):
         outputs = self._run(batch.detach().to("cpu", torch.float32).contiguous().numpy())
         tensors = [torch.from_numpy(np.asarray(output)) for output in outputs]
+        if self.task == "segmentation":  # as the PyTorch segmenter: the mask logits
+            return tensors[0]
+        if self.task != "classification":  # a detector's (scores, boxes); a multi-task model's (masks, image logits)
+            return tuple(tensors)
         return tensors if self.features_only else tensors[0]
 
     def eval(self) -> "ExportedModel":
@@ -140,6 +143,8 @@ def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
     from ..weights import TORCH_SUFFIXES, is_effscale_file, model_from_checkpoint, model_from_file, read_metadata
 
     if isinstance(source, nn.Module):
+        if _is_dense(source):
+            return _deployable(source), f"a built model ({source.spec.name})", getattr(source, "classes", None)
         if not isinstance(getattr(source, "spec", None), NetworkSpec):
             raise EffscaleError(f"expected an effscale model, got {type(source).__name__}")
         return source, f"a built model ({source.spec.name})", None
@@ -155,6 +160,14 @@ def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
         path = path / "model.safetensors"
         if not path.is_file():
             raise EffscaleError(f"{str(source)!r} is a directory without model.safetensors (not a finished run)")
+    from ..dense.io import is_dense_file, load_dense_model
+
+    if path.is_file() and is_dense_file(path):
+        if model is not None:
+            raise EffscaleError(f"{str(source)!r} is an effscale detector / segmenter file: it knows its model; "
+                                "leave --model out")
+        dense = load_dense_model(path)
+        return _deployable(dense), str(path), dense.classes
     if path.is_file() and is_effscale_file(path):
         if model is not None:
             raise EffscaleError(f"{str(source)!r} is an effscale weights file: it knows its model; leave --model out")
@@ -165,10 +178,53 @@ def _load_source(source, model) -> tuple[nn.Module, str, list | None]:
         if model is None:
             raise EffscaleError(f"{str(source)!r} is not an effscale weights file, so it does not say which model it "
                                 "is for: name it (model= in Python, --model on the command line)")
+        from ..model import create_model, is_dense_reference
+
+        if is_dense_reference(model):  # an effdet tf_efficientdet checkpoint
+            return _deployable(create_model(model, weights=path)), f"{path} ({model})", None
         return model_from_checkpoint(path, model), f"{path} ({model})", None
     if model is not None:
         raise EffscaleError(f"weights {str(source)!r} do not exist")
+    from ..model import is_dense_reference
+
+    if is_dense_reference(source):
+        raise EffscaleError(f"{str(source)!r} names a detector / segmenter without weights or classes: export its "
+                            "training run or weights file (or an effdet checkpoint with --model)")
     return _random_model(source, model)
+
+
+def _is_dense(network) -> bool:
+    from ..dense.spec import DetectorSpec, SegmenterSpec
+
+    return isinstance(getattr(network, "spec", None), (DetectorSpec, SegmenterSpec))
+
+
+def _deployable(model: nn.Module) -> nn.Module:
+    from ..dense.deploy import deployable
+
+    return deployable(model)
+
+
+def _save_weights(network, path: Path, classes) -> None:
+    """The weights beside the artifact (the torch runtime and re-checks read them)."""
+    if _is_dense(network):
+        from ..dense.io import save_dense_weights
+
+        save_dense_weights(network.model, path, extra={"classes": classes} if classes else None)
+        return
+    from ..weights import save_weights
+
+    save_weights(network, path, extra_metadata={"classes": classes} if classes else None)
+
+
+def _manifest_spec(manifest: dict):
+    if manifest.get("task", "classification") == "classification":
+        return NetworkSpec.from_text(manifest["spec"])
+    import json
+
+    from ..dense.spec import dense_spec_from_dict
+
+    return dense_spec_from_dict(json.loads(manifest["spec"]))
 
 
 def _random_model(source, model) -> tuple[nn.Module, str, None]:
@@ -205,13 +261,17 @@ def _float64_reference(network: nn.Module, x: np.ndarray) -> list[np.ndarray]:
 
 
 def _output_names(network) -> list[str]:
+    if _is_dense(network):
+        from ..dense.deploy import output_names
+
+        return output_names(network.spec)
     if network.features_only:
         return [f"features_{info['reduction']}" for info in network.feature_info]
     return ["logits" if _is_classifier(network) else "features"]
 
 
 def _is_classifier(network) -> bool:
-    return not network.features_only and network.num_classes > 0
+    return not _is_dense(network) and not network.features_only and network.num_classes > 0
 
 
 def _as_list(output) -> list[np.ndarray]:
@@ -249,6 +309,8 @@ def _manifest(format: str, network, described: str, classes, extra: dict) -> dic
     import effscale
 
     spec = network.spec
+    if _is_dense(network):
+        return _dense_manifest(format, network, described, classes, extra)
     outputs = [{"name": name, "dtype": "float32"} for name in _output_names(network)]
     return {
         "runtime_format": format, "model_file": MODEL_FILES[format], "spec": spec.to_text(),
@@ -261,6 +323,36 @@ def _manifest(format: str, network, described: str, classes, extra: dict) -> dic
                     "dtype": "float32"}],
         "outputs": outputs, "precision": "fp32", **extra, "source": described,
         "effscale": effscale.__version__, "torch": torch.__version__,
+    }
+
+
+def _dense_manifest(format: str, network, described: str, classes, extra: dict) -> dict:
+    """A detector's / segmenter's manifest: its dense spec as JSON, the task, letterbox preprocessing."""
+    import json
+
+    import effscale
+    from ..dense.deploy import dense_task_of, output_names
+    from ..dense.spec import dense_spec_to_dict
+
+    spec, size = network.spec, network.spec.resolution
+    described_outputs = {
+        "scores": "B x anchors x classes, sigmoid probabilities", "boxes": "B x anchors x 4, x1 y1 x2 y2 in input "
+        "pixels", "masks": "B x (1 + classes) x H x W logits, class 0 background", "image_logits": "B x classes"}
+    return {
+        "runtime_format": format, "model_file": MODEL_FILES[format], "task": dense_task_of(spec),
+        "spec": json.dumps(dense_spec_to_dict(spec)), "num_classes": int(network.num_classes),
+        "in_chans": int(network.in_chans), "features_only": False, "classes": classes,
+        "preprocessing": {"resolution": size, "mean": list(spec.backbone.mean), "std": list(spec.backbone.std),
+                          "layout": "NCHW", "scale": "pixels / 255, then (x - mean) / std",
+                          "resize": "letterbox: longer side to resolution (aspect kept, bilinear), padded with "
+                                    "black pixels at the right and bottom before scaling; boxes / masks are in "
+                                    "those input pixels"},
+        "inputs": [{"name": INPUT_NAME, "shape": [None, int(network.in_chans), size, size], "dtype": "float32"}],
+        "outputs": [{"name": name, "dtype": "float32", "meaning": described_outputs[name]}
+                    for name in output_names(spec)],
+        "postprocess": "effscale.dense.boxes.select_detections(scores, boxes): top-k, threshold, per-class NMS"
+        if dense_task_of(spec) == "detection" else None,
+        "precision": "fp32", **extra, "source": described, "effscale": effscale.__version__, "torch": torch.__version__,
     }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EffscaleError
-from .artifact import _check_out, _load_source, _permissions_as_umask, export
+from .artifact import _check_out, _is_dense, _load_source, _permissions_as_umask, export
 from .manifest import FORMATS, read_manifest, write_manifest
 from .runtimes import onnxruntime_runner, require_module
 
@@ -80,6 +80,9 @@ def quantize(source, out: str | os.PathLike, *, format: str = "onnx", weights_on
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         network, described, classes = _load_source(source, model)
+        if _is_dense(network):
+            raise EffscaleError(f"{network.spec.name} is a detector / segmenter: INT8 quantization calibrates and "
+                                "scores classifiers only (top-1); export it in fp32 with `effscale export`")
         data = calib or _recorded_data(source)
         calibration, held_out, labels = _data(data, network, samples, eval_samples)  # checked before exporting
         float_dir = work / "fp32"

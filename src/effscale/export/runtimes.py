@@ -115,9 +115,15 @@ def _precision_name(value) -> str:
 def _torch(path: Path):
     import torch
 
+    from ..dense.io import is_dense_file, load_dense_model
     from ..weights import model_from_file
 
-    model = model_from_file(path).eval()
+    if is_dense_file(path):  # a detector / segmenter: its deployed outputs (dense/deploy.py)
+        from ..dense.deploy import deployable
+
+        model = deployable(load_dense_model(path))
+    else:
+        model = model_from_file(path).eval()
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import EffscaleError
 from ..spec import check_trainable_macs
-from ..dense.boxes import BOX_LOSSES, anchor_boxes, detection_loss, flatten_outputs, postprocess
+from ..dense.boxes import BOX_LOSSES, anchor_boxes, detection_loss, flatten_outputs, postprocess, select_detections
 from ..dense.cost import dense_cost
 from ..dense.data import IGNORE, load_dense
 from ..dense.io import save_dense_weights
@@ -254,7 +254,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str = "ce
 def _eval_outputs(model, images: torch.Tensor, precision: str):
     """The model's raw outputs on uint8 images, EVAL_BATCH at a time, in eval mode (restored after)
     under the precision's autocast: the one inference loop of the dense predictions."""
-    device = next(model.parameters()).device
+    device = _device(model)
     transform = DenseTransform(model.spec.backbone.mean, model.spec.backbone.std, train=False, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     was_training = model.training
@@ -271,11 +271,24 @@ def _eval_outputs(model, images: torch.Tensor, precision: str):
         model.train(was_training)
 
 
+def _device(model) -> torch.device:
+    """Where the model runs: its parameters' device; the CPU for an exported artifact (no parameters)."""
+    first = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def detector_predictions(model, images: torch.Tensor, precision: str = "fp32", **options) -> list[dict]:
-    """Boxes (in the stored image's pixels), scores and labels for uint8 images N x C x S x S."""
-    anchors = anchor_boxes(model.spec).to(next(model.parameters()).device)
+    """Boxes (in the stored image's pixels), scores and labels for uint8 images N x C x S x S; `model`
+    is the PyTorch detector (per-level maps) or an exported one (deployed scores and boxes)."""
+    deployed = getattr(model, "task", None) == "detection"  # export.ExportedModel of a detector
+    anchors = None if deployed else anchor_boxes(model.spec).to(_device(model))
     out = []
-    for class_maps, box_maps in _eval_outputs(model, images, precision):
+    for output in _eval_outputs(model, images, precision):
+        if deployed:
+            scores, boxes = output
+            out.extend(select_detections(scores.float(), boxes.float(), **options))
+            continue
+        class_maps, box_maps = output
         logits, offsets = flatten_outputs([m.float() for m in class_maps], [m.float() for m in box_maps],
                                           model.spec.num_classes)
         out.extend(postprocess(logits, offsets, anchors, **options))
