@@ -86,6 +86,16 @@ def test_rle_matches_pycocotools():
     assert (decode_rle(rle) == mask).all()
     compressed = coco_mask.frPyObjects(rle, *rle["size"])
     assert (coco_mask.decode(compressed).astype(bool) == mask).all()
+    # compressed RLE (COCO's crowd annotations) read without pycocotools: small and long runs, both ends
+    rng = np.random.default_rng(1)
+    for shape, density in (((7, 5), 0.6), ((64, 48), 0.97), ((120, 90), 0.02), ((33, 200), 0.5)):
+        mask = rng.random(shape) > density
+        mask[:, 10:30] = True  # long runs: counts of several 5-bit groups, and large differences
+        encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert (decode_rle(encoded) == mask).all()  # counts as pycocotools' bytes
+        assert (decode_rle({**encoded, "counts": encoded["counts"].decode()}) == mask).all()  # as JSON's string
+    with pytest.raises(ValueError, match="ends inside a count"):
+        decode_rle({"size": [2, 2], "counts": "0o"})
 
 
 def test_malformed_annotations_are_counted_not_crashing(tmp_path):
@@ -425,3 +435,63 @@ def test_an_exported_detector_evaluates_and_predicts_as_the_pytorch_one(task_dir
     assert "(onnxruntime)" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "run"), "--data", f"coco:{task_dir}", "--runtime", "onnxruntime"]) == 2
     assert "--runtime is for exported artifact directories" in capsys.readouterr().err
+
+
+def test_dense_training_starts_its_backbone_from_a_classifier(task_dir, tmp_path):
+    from effscale import create_model
+    from effscale.train import train
+    from effscale.weights import save_weights
+
+    backbone = resolve_dense_spec(TINY_DET, num_classes=1).backbone
+    classifier = create_model(backbone.replace(padding="same", bn_eps=1e-3, mean=(0.1, 0.2, 0.3),
+                                               std=(0.5, 0.5, 0.5)), num_classes=7)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in classifier.parameters():  # weights no fresh model has
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    save_weights(classifier, tmp_path / "classifier.safetensors")
+    train(_config("detection", f"coco:{task_dir}", tmp_path / "run", max_steps=1, lr=1e-9,
+                  init=str(tmp_path / "classifier.safetensors")))
+    detector = load_dense_model(tmp_path / "run")
+    # the backbone computes and preprocesses as the classifier did, and starts from its weights
+    assert (detector.spec.backbone.padding, detector.spec.backbone.bn_eps) == ("same", 1e-3)
+    assert detector.spec.backbone.mean == (0.1, 0.2, 0.3)
+    theirs = dict(classifier.named_parameters())
+    ours = dict(detector.backbone.named_parameters())
+    assert len(ours) > 20 and all(torch.allclose(value, theirs[key], atol=1e-5) for key, value in ours.items())
+    wrong = create_model("efficientnet_b0", num_classes=7)
+    save_weights(wrong, tmp_path / "b0.safetensors")
+    with pytest.raises(EffscaleError, match="choose a model whose backbone has the same stages"):
+        train(_config("detection", f"coco:{task_dir}", tmp_path / "x", max_steps=1,
+                      init=str(tmp_path / "b0.safetensors")))
+
+
+@pytest.mark.parametrize("zoom", [0.6, 1.0, 1.7])
+def test_scale_jitter_moves_boxes_and_masks_with_the_pixels(zoom):
+    from effscale.dense.data import IGNORE
+    from effscale.train.dense_task import _jitter
+
+    torch.manual_seed(int(zoom * 10))
+    images = torch.zeros(4, 3, 64, 64)
+    images[:, :, 20:36, 24:44] = 255.0  # one white object per image: x 24..44, y 20..36
+    boxes = torch.tensor([[[24.0, 20.0, 44.0, 36.0, 2.0], [0.0, 0.0, 0.0, 0.0, -1.0]]]).repeat(4, 1, 1)
+    moved_images, moved = _jitter(images, boxes, (zoom, zoom), boxes=True)
+    masks = (images[:, 0] > 0).long() * 3
+    torch.manual_seed(int(zoom * 10))  # the same draws: the same zoom and shift
+    _, moved_masks = _jitter(images, masks, (zoom, zoom), boxes=False)
+    for k in range(4):
+        bright = (moved_images[k, 0] > 127).nonzero()
+        if moved[k, 0, 4] < 0:  # dropped: (almost) nothing of the object is left in view
+            assert len(bright) < 0.3 * (20 * 16 * zoom * zoom)
+            continue
+        x1, y1, x2, y2 = moved[k, 0, :4].tolist()
+        assert moved[k, 0, 4] == 2 and moved[k, 1, 4] == -1  # the padding row stays padding
+        assert abs(bright[:, 1].min() - x1) <= 1 and abs(bright[:, 1].max() + 1 - x2) <= 1
+        assert abs(bright[:, 0].min() - y1) <= 1 and abs(bright[:, 0].max() + 1 - y2) <= 1
+        assert x2 - x1 <= 20 * zoom + 1e-4 and y2 - y1 <= 16 * zoom + 1e-4  # scaled, or clipped at the border
+        inside = moved_masks[k] == 3
+        assert ((moved_images[k, 0] > 127) == inside).float().mean() > 0.98  # masks follow the pixels
+        if zoom < 1:  # a zoom out uncovers the canvas: unknown there, not background
+            assert (moved_masks[k] == IGNORE).any() and (moved_images[k, 0][moved_masks[k] == IGNORE] == 0).all()
+        else:
+            assert not (moved_masks[k] == IGNORE).any()

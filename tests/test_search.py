@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -357,3 +358,20 @@ def test_latency_pick_takes_the_best_member_that_fits():
     assert pick_under_latency(rows, 1.9)["strategy"] == "base"  # width is not a family member
     with pytest.raises(EffscaleError, match="the smallest model takes 1.00 ms here"):
         pick_under_latency(rows, 0.5)
+
+
+def test_a_spectrum_report_bounds_gamma_from_below(tmp_path):
+    needed = math.ceil(1.3 * MICRO.resolution)  # the data needs 1.3x the base's input for 95 % of its energy
+    report = {"sources": [{"source": "fashion-mnist", "min_resolution": {"95": needed, "99": needed}}]}
+    (tmp_path / "spectrum.json").write_text(json.dumps(report))
+    result = search(_config(tmp_path / "run", spectrum=str(tmp_path)))
+    assert result["gamma_min"] == pytest.approx(needed / MICRO.resolution)
+    assert [(t["alpha"], t["beta"]) for t in result["trials"]] == [(1.0, 1.0)]  # the only point with gamma >= 1.3
+    assert f"needs {needed} px" in result["gamma_min_reason"]
+    with pytest.raises(EffscaleError, match="no grid point has gamma that high"):
+        search(_config(tmp_path / "other", spectrum=str(tmp_path), alpha_grid="1.2,1.4", beta_grid="1.0,1.1"))
+    with pytest.raises(EffscaleError, match="analyses fashion-mnist, textures, not 'idx:x'"):
+        from effscale.analysis.spectrum import gamma_floor
+        report["sources"].append({"source": "textures", "min_resolution": {"95": 64}})
+        (tmp_path / "spectrum.json").write_text(json.dumps(report))
+        gamma_floor(tmp_path, "idx:x", 32, 2.0)

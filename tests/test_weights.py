@@ -265,10 +265,10 @@ def _load_through(entry: str, layout: str, path) -> nn.Module:
         return load_for_inference(path, model=None if layout == "effscale" else "efficientnet_b0")
     # what `effscale train --model efficientnet_b0 --init path` does before training
     from effscale.nn.network import EfficientNet
-    from effscale.train.trainer import _load_init, _read_init
+    from effscale.train.init_weights import load_init, read_init
 
     student = EfficientNet(get_spec("efficientnet_b0"))
-    _load_init(student, _read_init(str(path))[1], str(path))
+    load_init(student, read_init(str(path))[1], str(path))
     return student
 
 

@@ -242,7 +242,8 @@ def cmd_train(args) -> None:
     options = {key: getattr(args, key) for key in (
         "data", "out", "recipe", "model", "phi", "epochs", "max_steps", "batch_size", "lr", "seed", "precision",
         "checkpoint_every", "resume", "init", "teacher", "linear_probe", "accumulation", "grad_checkpointing",
-        "distill_alpha", "distill_temperature", "threads", "qat", "task", "box_loss", "mask_loss", "loss_weights")}
+        "distill_alpha", "distill_temperature", "threads", "qat", "task", "box_loss", "mask_loss", "loss_weights",
+        "ema_decay", "scale_jitter")}
     summary = train(TrainConfig(**options, command=_command_line(args)))
     if args.json:
         return _print_json(summary)
@@ -373,11 +374,14 @@ def cmd_search(args) -> None:
     result = search(SearchConfig(
         model=args.model, data=args.data, out=args.out, phi=args.phi, target=args.target, budget=args.budget,
         sampler=args.sampler, trials=args.trials, alpha_grid=args.alpha_grid, beta_grid=args.beta_grid,
-        storage=args.storage, study_name=args.study_name, seed=args.seed, progress=not args.json))
+        storage=args.storage, study_name=args.study_name, seed=args.seed, progress=not args.json,
+        spectrum=args.spectrum))
     if args.json:
         return _print_json(result)
     print(f"best: alpha={result['alpha']:g} beta={result['beta']:g} gamma={result['gamma']:.4g} "
           f"(minival top-1 {result['top1']:.2f} %; alpha*beta^2*gamma^2 = {result['target']:g})")
+    if "gamma_min" in result:
+        print(f"gamma bounded from below by the data's spectrum: {result['gamma_min_reason']}")
     _table(f"{len(result['trials'])} trials of {result['study_name']} ({result['storage']})",
            ["alpha", "beta", "gamma", "resolution", "MACs", "x base", "params", "top-1 %", "seconds"],
            [[f"{t['alpha']:g}", f"{t['beta']:g}", f"{t['gamma']:.4f}", t["resolution"], _human(t["macs"]),
@@ -430,6 +434,25 @@ def _dense_study(args) -> None:
             + [f"{s[m + '_mean']:.2f} ({s[m + '_min']:.2f}..{s[m + '_max']:.2f})" for m in metrics]
             for s in result["summary"]])
     print(f"report: {result['report']}")
+
+
+def cmd_analyze_spectrum(args) -> None:
+    from .analysis import run_spectrum
+    from .analysis.report import REPORT_RESOLUTIONS
+
+    report = run_spectrum(args.data, samples=args.samples, seed=args.seed, out=args.out,
+                          command=_command_line(args), base_resolution=args.base_resolution)
+    if args.json:
+        return _print_json(report)
+    _table("energy a model sees, by input resolution", ["source", "images", "slope"]
+           + [f"{r} px" for r in REPORT_RESOLUTIONS] + ["95 % by", "99 % by", "knee"],
+           [[r["source"], r["images"], f"{r['slope']:.2f}"] + [f"{r['kept'][k]:.1%}" for k in REPORT_RESOLUTIONS]
+            + [f"{r['min_resolution']['95'] or '> 1024'} px", f"{r['min_resolution']['99'] or '> 1024'} px",
+               f"{r['knee'] or '> 512'} px"] for r in report["sources"]])
+    for r in report["sources"]:
+        print(f"{r['source']}: {r['verdict']}")
+    if args.out:
+        print(f"report: {args.out}/report.md, spectrum.png, spectrum.json")
 
 
 def cmd_demo(args) -> None:
@@ -617,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "efficientdet_d0..d7x, segmenter@PHI or multitask@PHI; default phi -3 at 128 px)")
     train.add_argument("--loss-weights", type=_weights_arg, default=(1.0, 1.0), metavar="MASKS,IMAGE",
                        help="multitask: weights of the mask loss and the image classification loss (default 1,1)")
+    train.add_argument("--scale-jitter", type=_weights_arg, metavar="LO,HI",
+                       help="detection / segmentation: zoom each training image by a random factor in [LO, HI] "
+                            "(crop or pad; boxes and masks follow), e.g. 0.75,1.33")
     train.add_argument("--box-loss", default="huber", choices=["huber", "giou"], help="detection box loss")
     train.add_argument("--mask-loss", default="ce", choices=["ce", "ce+dice"], help="segmentation loss")
     train.add_argument("--out", required=True, help="run directory: checkpoint, metrics.jsonl, summary.json, weights")
@@ -627,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     train.add_argument("--batch-size", type=int, help="global batch per optimizer step")
     train.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, scaled to the batch)")
+    train.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
+                       help="keep an exponential moving average of the weights with this decay and evaluate and "
+                            "save it (e.g. 0.99 for runs of a few thousand steps; 0: off; default: the recipe's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--precision", choices=["auto", "bf16", "fp32", "fp16"],
                        help="auto: bf16 where the CPU/GPU computes it natively, else fp32 (the paper recipe's "
@@ -705,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it to run "
                                           "several workers on one study")
     search.add_argument("--study-name", help="Optuna study name (default from base, target, budget)")
+    search.add_argument("--spectrum", metavar="REPORT",
+                        help="a spectrum report of --data (effscale analyze spectrum --out DIR): gamma is kept at "
+                             "least at what the data's 95 %% energy resolution asks of the base")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", required=True, help="output directory (search.json; search.db by default)")
     search.add_argument("--json", action="store_true")
@@ -730,6 +762,21 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", required=True, help="results.json(l), report.md, PNG plots")
     study.add_argument("--json", action="store_true")
     study.set_defaults(func=cmd_study)
+
+    analyze = commands.add_parser("analyze", help="analyses beyond accuracy: spectrum (the resolution your data "
+                                                  "calls for)")
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    spectrum = analyses.add_parser("spectrum", help="power spectrum of a data set and the input resolution it calls for")
+    spectrum.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                          help="fashion-mnist, idx:DIR, folder:DIR, images:DIR, coco:DIR, masks:DIR, skimage:photos, "
+                               "skimage:textures or textures (generated); repeat to compare sources")
+    spectrum.add_argument("--samples", type=int, default=500, help="images per source, drawn with --seed (default 500)")
+    spectrum.add_argument("--seed", type=int, default=0)
+    spectrum.add_argument("--base-resolution", type=int, default=224,
+                          help="input of the model you scale from, for the verdict (default 224, B0's)")
+    spectrum.add_argument("--out", help="write spectrum.json, report.md and spectrum.png here")
+    spectrum.add_argument("--json", action="store_true")
+    spectrum.set_defaults(func=cmd_analyze_spectrum)
 
     demo = commands.add_parser("demo", help="search, family, comparison, latency pick, weights, report (minutes)")
     demo.add_argument("--quick", action="store_true", help="smaller grid and budget (about 3 minutes on 2 cores)")

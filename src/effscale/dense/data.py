@@ -280,7 +280,7 @@ def _boxes(annotations, original, scale, index_of, report, image) -> np.ndarray:
 
 
 def _mask_from_annotations(annotations, original, scale, size, index_of, report, image) -> np.ndarray:
-    """A semantic mask from instance polygons / uncompressed RLE, painted in annotation order."""
+    """A semantic mask from instance polygons / RLE (uncompressed or compressed), painted in annotation order."""
     from .synth import decode_rle
 
     height, width = original
@@ -292,7 +292,7 @@ def _mask_from_annotations(annotations, original, scale, size, index_of, report,
             continue
         segmentation, value = annotation.get("segmentation"), index_of[annotation["category_id"]] + 1
         try:
-            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (list, str, bytes)):
                 region = decode_rle(segmentation)
                 if region.shape != mask.shape:
                     raise ValueError(f"RLE size {list(region.shape)} is not the image's {[height, width]}")
@@ -305,7 +305,7 @@ def _mask_from_annotations(annotations, original, scale, size, index_of, report,
                     ImageDraw.Draw(drawing).polygon([float(v) for v in polygon], fill=value)
                 mask = np.asarray(drawing).copy()
             else:
-                raise ValueError("no polygon or uncompressed RLE (compressed RLE is not read)")
+                raise ValueError("no polygon or RLE")
         except (ValueError, TypeError) as error:
             report.add("unreadable masks (object left out of the mask)", f"{where}: {error}")
     return _letterbox_mask(Image.fromarray(mask), size)

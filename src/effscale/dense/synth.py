@@ -155,13 +155,45 @@ def encode_rle(mask: np.ndarray) -> dict:
 
 
 def decode_rle(rle: dict) -> np.ndarray:
-    """Inverse of `encode_rle` (uncompressed RLE)."""
+    """A COCO RLE mask as a bool array: uncompressed (counts a list, `encode_rle`) or compressed
+    (counts a string, as pycocotools writes it and COCO's crowd annotations carry)."""
     height, width = rle["size"]
-    counts = np.asarray(rle["counts"], np.int64)
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = counts_from_string(counts.decode("ascii") if isinstance(counts, bytes) else counts)
+    counts = np.asarray(counts, np.int64)
+    if (counts < 0).any():
+        raise ValueError("RLE counts are negative")
     if counts.sum() != height * width:
         raise ValueError(f"RLE counts sum to {int(counts.sum())}, the mask has {height * width} pixels")
     values = np.arange(len(counts)) % 2 == 1
     return np.repeat(values, counts).reshape((height, width), order="F")
 
 
-__all__ = ["decode_rle", "encode_rle", "make_dense_task"]
+def counts_from_string(text: str) -> list[int]:
+    """The run lengths of a compressed RLE string (the COCO API's rleFrString): each count is a
+    little-endian series of 5-bit groups stored as characters from '0' (48), bit 0x20 meaning
+    "more groups follow" and bit 0x10 of the last group its sign; from the third count on, each is
+    stored as its difference from the count two before."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("compressed RLE string ends inside a count")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"compressed RLE has a character outside '0'..'o': {text[position]!r}")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+__all__ = ["counts_from_string", "decode_rle", "encode_rle", "make_dense_task"]

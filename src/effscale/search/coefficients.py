@@ -110,6 +110,7 @@ class SearchConfig:
     grace_s: int = GRACE_S
     progress: bool = True
     base: object = field(default=None, repr=False)  # a Scalable, instead of `model`
+    spectrum: str | None = None  # a spectrum report (analyze spectrum): bounds gamma from below
 
 
 def _open_storage(url: str, heartbeat_s: int, grace_s: int):
@@ -167,16 +168,37 @@ class CoefficientSearch:
         self.task = load_task(config.data, seed=config.seed)
         self.task.check_spec(self.base)
         self.base = fit_to_task(self.base, self.task)
+        self.gamma_min, self.gamma_reason = self._gamma_floor()
         self.candidates = {point_key(a, b): self._candidate(a, b, g) for a, b, g in self.points}
         self._check_trainable()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.storage_url = config.storage or f"sqlite:///{(self.out / 'search.db').resolve()}"
-        self.study_name = config.study_name or f"search-{self.base.name}-t{self.target:g}-{self.budget.name}"
+        self.study_name = config.study_name or f"search-{self.base.name}-t{self.target:g}-{self.budget.name}" + (
+            f"-gmin{self.gamma_min:.3f}" if self.gamma_reason else "")  # a bounded search is another study
         self.storage = _open_storage(self.storage_url, config.heartbeat_s, config.grace_s)
         self.study = self._open_study()
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _gamma_floor(self) -> tuple[float, str | None]:
+        """With --spectrum: the least gamma the data's spectrum calls for; grid points below it are
+        dropped (the tpe sampler's alpha and beta ranges shrink to match)."""
+        if not self.config.spectrum:
+            return 1.0, None
+        from ..analysis.spectrum import gamma_floor
+        from ..spec import NetworkSpec
+
+        if not isinstance(self.base, NetworkSpec):
+            raise EffscaleError(f"--spectrum bounds an image model's resolution; {self.base.name} is not an image "
+                                "network")
+        floor, why = gamma_floor(self.config.spectrum, self.config.data, self.base.resolution, self.target)
+        kept = [p for p in self.points if p[2] >= floor - 1e-6]
+        if not kept:
+            raise EffscaleError(f"--spectrum: {why}, and no grid point has gamma that high (largest "
+                                f"{max(p[2] for p in self.points):.3f}); lower the alpha / beta grids")
+        self.points = kept
+        return floor, why
+
     def _candidate(self, alpha: float, beta: float, gamma: float):
         spec = scale_any(self.base, Coefficients(alpha, beta, gamma), name=f"{self.base.name}-a{alpha:g}-b{beta:g}",
                          resolution_multiple=LAB_RESOLUTION_MULTIPLE)
@@ -246,12 +268,13 @@ class CoefficientSearch:
             alpha = trial.suggest_float("alpha", min(self.alphas), max(self.alphas))
             beta = trial.suggest_float("beta", min(self.betas), max(self.betas))
         else:
-            alpha = trial.suggest_float("alpha", min(self.alphas), max(self.alphas))
-            beta_high = min(max(self.betas), math.sqrt(self.target / alpha))
+            room = self.target / self.gamma_min ** 2  # alpha * beta^2 may use at most this
+            alpha = trial.suggest_float("alpha", min(self.alphas), max(min(self.alphas), min(max(self.alphas), room)))
+            beta_high = min(max(self.betas), math.sqrt(room / alpha))
             fraction = trial.suggest_float("beta_fraction", 0.0, 1.0)
             beta = round(min(self.betas) + fraction * max(0.0, beta_high - min(self.betas)), 4)
             alpha = round(alpha, 4)
-        gamma = max(1.0, solve_gamma(alpha, beta, self.target))
+        gamma = max(self.gamma_min, solve_gamma(alpha, beta, self.target))
         key = point_key(alpha, beta)
         trial.set_user_attr("point", key)
         if self.config.sampler == "grid":
@@ -348,7 +371,9 @@ class CoefficientSearch:
         result = {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"], "top1": best["top1"],
                   "target": self.target, "base": self.base.name, "base_macs": base_macs, "data": self.config.data,
                   "budget": self.budget.name, "sampler": self.config.sampler, "storage": self.storage_url,
-                  "study_name": self.study_name, "trials": rows, "failed": failed}
+                  "study_name": self.study_name, "trials": rows, "failed": failed,
+                  **({"gamma_min": round(self.gamma_min, 6), "gamma_min_reason": self.gamma_reason}
+                     if self.gamma_reason else {})}
         (self.out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 

@@ -33,6 +33,7 @@ from ..dense.metrics import coco_map, confusion_matrix, detections_to_coco, segm
 from ..dense.modules import build_dense_model
 from ..dense.spec import DetectorSpec, SegmenterSpec, resolve_dense_spec
 from .checkpoint import check_output_dir, estimate_run_bytes
+from .init_weights import load_init, read_init
 
 DENSE_TASKS = ("detection", "segmentation", "multitask")
 TASKS = ("classification",) + DENSE_TASKS
@@ -43,12 +44,39 @@ FAMILY = {"detection": "efficientdet", "segmentation": "segmenter", "multitask":
 EVAL_BATCH = 32
 
 
+def _init_backbone(backbone, run, path: str):
+    """The backbone spec as `--init PATH` makes it: the checkpoint's BN eps, padding and activation
+    (an effscale file's, or the layout's for a foreign checkpoint) and, for an effscale file, its
+    preprocessing; its stages must be the backbone's (the detector's resolution is kept)."""
+    from ..weights import COMPUTE_FIELDS, checkpoint_fields, read_state_dict
+
+    spec, run.init_source = read_init(path)
+    if spec is None:  # a foreign checkpoint (timm, torchvision, lukemelas): ImageNet preprocessing stays
+        _, fields, _ = checkpoint_fields(read_state_dict(run.init_source), origin=str(run.init_source))
+        return backbone.replace(**fields)
+    if _structure(spec) != _structure(backbone):
+        raise EffscaleError(f"--init {path!r} is a {spec.name} ({_describe(spec)}); the {run.config.task} model's "
+                            f"backbone is {backbone.name} ({_describe(backbone)}): choose a model whose backbone has "
+                            "the same stages")
+    return backbone.replace(mean=spec.mean, std=spec.std, **{name: getattr(spec, name) for name in COMPUTE_FIELDS})
+
+
+def _structure(spec) -> list[tuple]:
+    return [(b.block, b.in_channels, b.out_channels, b.kernel, b.stride, b.expand_ratio, b.se_ratio)
+            for b in spec.blocks()] + [spec.stem_channels]
+
+
+def _describe(spec) -> str:
+    blocks = spec.blocks()
+    return f"{len(blocks)} blocks, stem {spec.stem_channels}, last stage {blocks[-1].out_channels} channels"
+
+
 def validate_dense_config(config) -> None:
     """One-line errors for what dense training does not take, before any data is read."""
     if config.task not in TASKS:
         raise EffscaleError(f"task {config.task!r} is unknown; allowed: {', '.join(TASKS)}")
     for option, flag in (("teacher", "--teacher"), ("linear_probe", "--linear-probe"), ("qat", "--qat"),
-                         ("init", "--init"), ("grad_checkpointing", "--grad-checkpointing")):
+                         ("grad_checkpointing", "--grad-checkpointing")):
         if getattr(config, option):
             raise EffscaleError(f"{flag} is for classification; --task {config.task} does not take it yet")
     if config.box_loss not in BOX_LOSSES:
@@ -65,6 +93,12 @@ def validate_dense_config(config) -> None:
             and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights) and any(weights)):
         raise EffscaleError(f"loss weights {weights!r} must be two finite numbers >= 0, not both 0 "
                             "(masks, image classes)")
+    jitter = config.scale_jitter
+    if jitter is not None and not (isinstance(jitter, (tuple, list)) and len(jitter) == 2
+                                   and all(isinstance(v, (int, float)) and math.isfinite(v) for v in jitter)
+                                   and 0 < jitter[0] <= jitter[1] <= 4):
+        raise EffscaleError(f"scale jitter {jitter!r} must be two numbers LO,HI with 0 < LO <= HI <= 4 "
+                            "(e.g. 0.75,1.33)")
 
 
 def dense_task(config):
@@ -81,17 +115,22 @@ def model_reference(config) -> str:
 
 class DenseTransform:
     """uint8 images -> normalised float inputs; in training, random horizontal flips that move
-    boxes (x1, x2 -> W - x2, W - x1) and masks with their image."""
+    boxes (x1, x2 -> W - x2, W - x1) and masks with their image, and with `scale_jitter` (lo, hi)
+    a random zoom per image (`_jitter`)."""
 
-    def __init__(self, mean, std, *, train: bool, device, boxes: bool = False):
+    def __init__(self, mean, std, *, train: bool, device, boxes: bool = False,
+                 scale_jitter: tuple[float, float] | None = None):
         self.boxes = boxes  # labels are box rows (N x M x 5) rather than masks (N x H x W)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.train, self.device = train, device
+        self.train, self.device, self.scale_jitter = train, device, scale_jitter
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         images, labels = images.to(self.device), labels.to(self.device)
-        inputs = (images.float() / 255 - self.mean[:, :images.shape[1]]) / self.std[:, :images.shape[1]]
+        pixels = images.float()
+        if self.train and self.scale_jitter is not None:
+            pixels, labels = _jitter(pixels, labels, self.scale_jitter, self.boxes)
+        inputs = (pixels / 255 - self.mean[:, :images.shape[1]]) / self.std[:, :images.shape[1]]
         if self.train:
             flip = torch.rand(len(images)) < 0.5
             if flip.any():
@@ -111,6 +150,44 @@ class DenseTransform:
         return inputs, labels
 
 
+MIN_KEPT_FRACTION = 0.3  # a jittered box is kept when at least this share of its area stays in view
+
+
+def _jitter(pixels: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float], boxes: bool):
+    """Random zoom per image, as EfficientDet's scale jitter: scale s uniform in `bounds`, then a
+    random crop (s > 1) or placement on a black canvas (s < 1) at the input size, i.e. pixel
+    coordinates x -> s * x + t. Boxes follow, clipped to the image; a box with less than
+    MIN_KEPT_FRACTION of its area left in view (or under 1 px on a side) is dropped (class -1).
+    Masks follow by nearest sampling, uncovered pixels becoming IGNORE."""
+    batch, size = len(pixels), pixels.shape[-1]
+    low, high = bounds
+    scale = low + (high - low) * torch.rand(batch, device=pixels.device)
+    span = size - scale * size  # t in [min(0, span), max(0, span)] keeps the view inside the zoomed image
+    shift = torch.minimum(span, torch.zeros_like(span))[:, None] + span.abs()[:, None] * torch.rand(
+        batch, 2, device=pixels.device)
+    # output pixel centre U maps to input X = (U - t) / s; grid_sample's coordinates (align_corners=False)
+    theta = torch.zeros(batch, 2, 3, device=pixels.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = (1 - 2 * shift / size) / scale[:, None] - 1
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if not boxes:
+        shifted = F.grid_sample((labels.float() + 1)[:, None], grid, mode="nearest", padding_mode="zeros",
+                                align_corners=False)[:, 0].long() - 1
+        return pixels, torch.where(shifted < 0, torch.full_like(shifted, IGNORE), shifted)
+    rows = labels.clone()
+    real = rows[..., 4] >= 0
+    factor, offset = scale[:, None, None], torch.cat([shift, shift], 1)[:, None, :]
+    moved = rows[..., :4] * factor + offset
+    clipped = moved.clamp(0, size)
+    width, height = clipped[..., 2] - clipped[..., 0], clipped[..., 3] - clipped[..., 1]
+    area = (moved[..., 2] - moved[..., 0]) * (moved[..., 3] - moved[..., 1])
+    kept = real & (width >= 1) & (height >= 1) & (width * height >= MIN_KEPT_FRACTION * area)
+    rows[..., :4] = torch.where(kept[..., None], clipped, rows[..., :4])
+    rows[..., 4] = torch.where(kept, rows[..., 4], torch.full_like(rows[..., 4], -1))
+    return pixels, rows
+
+
 class _DenseTask:
     kind = ""  # data kind: boxes | masks
 
@@ -127,8 +204,10 @@ class _DenseTask:
         spec = dataclasses.replace(spec, num_classes=splits.num_classes)
         check_trainable_macs(dense_cost(spec)["macs"], f"{spec.name} has", "per image",
                              "choose a smaller model (a lower phi)")
-        mean, std = splits.train.preprocessing_stats()
         run.init_source = None
+        if config.init:  # the backbone starts from a classifier's weights, computing and preprocessing as it did
+            return dataclasses.replace(spec, backbone=_init_backbone(spec.backbone, run, config.init)), splits
+        mean, std = splits.train.preprocessing_stats()
         return dataclasses.replace(spec, backbone=spec.backbone.replace(mean=mean, std=std)), splits
 
     def network(self, spec):
@@ -152,12 +231,15 @@ class _DenseTask:
         model = build_dense_model(run.spec, run.splits.in_chans)
         if run.dist.main:
             check_output_dir(run.out, estimate_run_bytes(model))
+        if run.init_source is not None:
+            load_init(model.backbone, run.init_source, run.config.init)
         run.teacher = None
         return model
 
     def transform(self, run):
         backbone = run.spec.backbone
         return DenseTransform(backbone.mean, backbone.std, train=True, device=run.dist.device,
+                              scale_jitter=run.config.scale_jitter,
                               boxes=self.kind == "boxes")
 
     def summary(self, run, result: dict) -> dict:

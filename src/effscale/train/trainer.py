@@ -30,6 +30,7 @@ from ..scaling import compound
 from ..spec import NetworkSpec, check_trainable_macs
 from .checkpoint import check_output_dir, estimate_run_bytes, load_checkpoint, save_checkpoint
 from .ema import ModelEMA
+from .init_weights import load_init, read_init
 from .evaluate import evaluate
 from .optim import lr_factor, make_optimizer
 from .recipe import Recipe, get_recipe, quick_spec, resolve_precision
@@ -54,6 +55,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    ema_decay: float | None = None  # None: the recipe's (quick: none; paper: 0.9999); 0 turns EMA off
     seed: int = 0
     precision: str | None = None
     checkpoint_every: int | None = None
@@ -71,6 +73,7 @@ class TrainConfig:
     box_loss: str = "huber"  # detection: huber on the anchor offsets, or giou on the boxes
     mask_loss: str = "ce"  # segmentation: per-pixel cross-entropy, or ce+dice
     loss_weights: tuple = (1.0, 1.0)  # multitask: (masks, image classes)
+    scale_jitter: tuple | None = None  # dense tasks: random zoom per image, scale in (lo, hi)
     progress: bool = True
     command: str = ""
 
@@ -83,6 +86,8 @@ class TrainConfig:
             raise EffscaleError(f"accumulation={self.accumulation!r} must be an integer >= 1")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise EffscaleError(f"lr={self.lr!r} must be a finite number > 0")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise EffscaleError(f"ema decay {self.ema_decay!r} must be a number in [0, 1) (0: no EMA)")
         if not (isinstance(self.distill_alpha, (int, float)) and 0 <= self.distill_alpha <= 1):
             raise EffscaleError(f"distill_alpha={self.distill_alpha!r} must be a number in [0, 1]")
         if not (isinstance(self.distill_temperature, (int, float)) and math.isfinite(self.distill_temperature)
@@ -96,6 +101,9 @@ class TrainConfig:
         if self.qat and not self.init and not self.resume:
             raise EffscaleError("--qat fine-tunes a trained model with INT8 rounding simulated: give the run or "
                                 "weights to fine-tune with --init")
+        if self.task == "classification" and self.scale_jitter is not None:
+            raise EffscaleError("--scale-jitter is for detection / segmentation (boxes and masks follow the zoom); "
+                                "classification has its own augmentation (the recipe's random-resized crop)")
         if self.task != "classification":
             from .dense_task import validate_dense_config
 
@@ -159,73 +167,6 @@ def _resolve_student_spec(config: TrainConfig, init_spec: NetworkSpec | None) ->
     return spec
 
 
-def _read_init(path: str):
-    """(spec or None, state dict in effscale keys) of an --init / --teacher checkpoint."""
-    from ..weights import is_effscale_file, model_from_file
-
-    location = Path(path)
-    if location.is_dir():
-        location = location / "model.safetensors"
-    if not location.exists():
-        raise EffscaleError(f"checkpoint {path!r} does not exist")
-    if is_effscale_file(location):
-        model = model_from_file(location)
-        return model.spec, model
-    return None, location
-
-
-def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """RGB stem -> grayscale (sum over colour) or more channels (repeat, rescaled): the usual way
-    to reuse ImageNet weights on data with other channel counts."""
-    if weight.shape[1] == in_chans:
-        return weight
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    repeats = math.ceil(in_chans / weight.shape[1])
-    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
-
-
-def _load_init(model: EfficientNet, source, init_path: str) -> None:
-    """Copy every matching weight; the classifier is re-initialised when the class count differs
-    and the stem adapted when the input channels differ. Any other shape difference is an error.
-
-    The model computes like the checkpoint afterwards: the BN eps and padding its implementation
-    used (and an effscale file's activation) replace the model's, with one WeightsAdaptedWarning
-    (weights.match_compute); copying the tensors alone would give other logits."""
-    from ..weights import COMPUTE_FIELDS, match_compute, model_from_checkpoint, set_compute_fields
-
-    if isinstance(source, Path):
-        # A foreign checkpoint: its model is built from our spec and matched to its layout (that
-        # warns, once), then ours takes the same values.
-        source = model_from_checkpoint(source, model.spec)
-        set_compute_fields(model, **{name: getattr(source.spec, name) for name in COMPUTE_FIELDS})
-    else:
-        match_compute(model, {name: getattr(source.spec, name) for name in COMPUTE_FIELDS}, origin=init_path,
-                      provenance="the spec the file was saved with")
-    state = source.state_dict()
-    target = model.state_dict()
-    copied, mismatched = {}, []
-    for key, value in target.items():
-        if key not in state:
-            continue
-        theirs = state[key]
-        if key == "stem.conv.weight":
-            theirs = _adapt_stem(theirs, value.shape[1])
-        if key.startswith("classifier.") and theirs.shape != value.shape:
-            continue  # new task: keep the fresh head
-        if theirs.shape != value.shape:
-            mismatched.append(f"{key}: checkpoint {tuple(theirs.shape)} vs model {tuple(value.shape)}")
-        else:
-            copied[key] = theirs
-    missing = [key for key in target if key not in copied and not key.startswith("classifier.")
-               and not key.endswith("num_batches_tracked")]
-    if mismatched or missing:
-        problems = mismatched + [f"{key}: missing" for key in missing]
-        raise EffscaleError(f"--init weights do not fit {model.spec.name}: {len(problems)} problems, e.g. "
-                            + "; ".join(problems[:5]))
-    model.load_state_dict(copied, strict=False)
-
-
 def _freeze_backbone(model: EfficientNet) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith("classifier."))
@@ -257,6 +198,7 @@ def _fingerprint(config: TrainConfig, recipe: Recipe, spec: NetworkSpec, world_s
             "init": config.init, "teacher": config.teacher, "linear_probe": config.linear_probe,
             **({"task": config.task, "box_loss": config.box_loss, "mask_loss": config.mask_loss,
                 "loss_weights": list(config.loss_weights)}
+               | ({"scale_jitter": list(config.scale_jitter)} if config.scale_jitter else {})
                if config.task != "classification" else {})}
 
 
@@ -317,7 +259,7 @@ class ClassificationTask:
         """The spec (a name, --init's, --phi) checked for size, and the data; from scratch, the
         preprocessing is the data's own statistics (it travels with the weights)."""
         config = run.config
-        init_spec, run.init_source = _read_init(config.init) if config.init else (None, None)
+        init_spec, run.init_source = read_init(config.init) if config.init else (None, None)
         spec = _resolve_student_spec(config, init_spec)
         check_trainable_macs(cost(spec, num_classes=0).macs, f"{spec.name} has", "per image",
                              "choose a smaller model or --phi")
@@ -343,7 +285,7 @@ class ClassificationTask:
         if run.dist.main:
             check_output_dir(run.out, estimate_run_bytes(model))
         if run.init_source is not None:
-            _load_init(model, run.init_source, config.init)
+            load_init(model, run.init_source, config.init)
         if config.linear_probe:
             _freeze_backbone(model)
         if config.qat:  # before the EMA copy and the optimizer: both see the simulated model
@@ -474,7 +416,8 @@ def _setup_spec_and_data(run: _Run) -> None:
     config, dist_info = run.config, run.dist
     spec, run.splits = run.task.spec_and_data(run)
     recipe = get_recipe(config.recipe, run.task.network(spec), config.batch_size)
-    recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision)
+    recipe = recipe.replace(epochs=config.epochs, lr=config.lr, precision=config.precision,
+                            ema_decay=config.ema_decay)
     if config.qat:  # a fine-tune of a trained model, in fp32 (the rounding simulation is fp32)
         recipe = recipe.replace(precision="fp32", lr=None if config.lr else recipe.lr * QAT_LR_FACTOR)
     precision, run.precision_reason = resolve_precision(recipe.precision, dist_info.device.type)
@@ -744,7 +687,7 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _load_teacher(path: str, num_classes: int, in_chans: int) -> nn.Module:
-    spec, teacher = _read_init(path)
+    spec, teacher = read_init(path)
     if spec is None:
         raise EffscaleError(f"--teacher {path!r} must be an effscale weights file or run directory "
                             "(it must know its own model)")
