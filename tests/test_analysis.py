@@ -81,3 +81,60 @@ def test_cli_writes_the_report(tmp_path, capsys):
     assert (out / "report.md").read_text().count("| fashion-mnist |") == 1 and (out / "spectrum.png").stat().st_size
     again = run_spectrum(["fashion-mnist"], samples=50)  # the same draw: the same numbers
     assert again["sources"][0]["kept"] == {int(k): v for k, v in saved["sources"][0]["kept"].items()}
+
+
+# -- robustness ----------------------------------------------------------------------------------------
+def test_pgd_at_zero_epsilon_changes_nothing_and_fgsm_erodes_a_linear_margin_exactly():
+    import torch
+
+    from effscale.analysis.robustness import attack, margins, robustness
+
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 2))
+    images = 0.25 + 0.5 * torch.rand(16, 2, 4, 4)  # inside (0.25, 0.75): a small step is never clipped
+    labels = torch.randint(0, 2, (16,))
+    identity = lambda x: x  # noqa: E731
+    assert torch.equal(attack(linear, identity, images, labels, 0.0, steps=10, step_size=0.1, random_start=True),
+                       images)
+    eps = 0.01
+    moved = attack(linear, identity, images, labels, eps)  # FGSM
+    with torch.no_grad():
+        before, after = margins(linear(images), labels), margins(linear(moved), labels)
+    weight = linear[1].weight
+    # two classes: the margin is (w_true - w_other) . x + b, and FGSM moves each pixel by eps against it
+    expected = eps * (weight[labels] - weight[1 - labels]).abs().sum(1)
+    assert torch.allclose(before - after, expected, atol=1e-6)
+    measured = robustness(linear, identity, images, labels, epsilons=(0.0, eps), steps=5)
+    assert measured["pgd"]["0"]["success"] == 0 and measured["pgd"]["0"]["erosion"] == 0
+    assert measured["fgsm"]["0.01"]["erosion"] > 0 and measured["grad_l1"] > 0
+    with pytest.raises(EffscaleError, match="epsilon -0.1 must be a number in"):
+        robustness(linear, identity, images, labels, epsilons=(-0.1,))
+
+
+def test_robustness_of_a_study_extends_its_rows(tmp_path, capsys):
+    from effscale.cli import main
+    from effscale.search import StudyConfig, run_study
+
+    from test_search import BUDGET, MICRO  # the lab tests' micro base and budget
+
+    study = tmp_path / "study"
+    run_study(StudyConfig(model=None, base=MICRO, data="fashion-mnist", out=str(study), targets=(2,), seeds=2,
+                          budget=BUDGET, strategies=("compound", "width"), progress=False))
+    assert len(list((study / "models").glob("*-s1.safetensors"))) == 3  # every model of every seed
+    assert main(["analyze", "robustness", str(study), "--samples", "40", "--epsilons", "0,2/255", "--steps", "3",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["rows"]) == 6 and all({"strategy", "seed", "macs", "top1"} <= r.keys() for r in report["rows"])
+    first = report["rows"][0]["robustness"]
+    assert first["pgd"]["0"]["success"] == 0 and first["samples"] == 40
+    assert 0 <= first["pgd"]["0.00784314"]["success"] <= 100
+    assert {(s["strategy"], s["seeds"]) for s in report["summary"]} == {("base", 2), ("compound", 2), ("width", 2)}
+    assert (study / "robustness" / "robustness.png").stat().st_size and "compound" in (
+        study / "robustness" / "robustness.md").read_text()
+    nothing = tmp_path / "bare"  # a study run with --no-weights: rows without weights
+    nothing.mkdir()
+    rows = [{**r, "weights": None} for r in json.loads((study / "results.json").read_text())["rows"]]
+    (nothing / "results.json").write_text(json.dumps({"rows": rows}))
+    with pytest.raises(EffscaleError, match="kept no model weights"):
+        from effscale.search.robustness_study import analyze_robustness
+        analyze_robustness(nothing, progress=False)

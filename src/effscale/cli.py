@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import EffscaleError, check_writable_file, is_out_of_memory
 from .export.manifest import FORMATS
@@ -402,7 +403,7 @@ def cmd_study(args) -> None:
     result = run_study(StudyConfig(
         model=args.model, data=args.data, out=args.out, targets=_numbers(args.targets or "2,4,8", "--targets"),
         seeds=args.seeds, phi=args.phi, budget=args.budget, rule=_rule(args), strategies=strategies,
-        progress=not args.json, command=_command_line(args)))
+        progress=not args.json, command=_command_line(args), keep_weights=not args.no_weights))
     if args.json:
         return _print_json(result)
     _table(f"{result['base']} on {result['data']}: mean over {result['seeds']} seed(s)",
@@ -434,6 +435,33 @@ def _dense_study(args) -> None:
             + [f"{s[m + '_mean']:.2f} ({s[m + '_min']:.2f}..{s[m + '_max']:.2f})" for m in metrics]
             for s in result["summary"]])
     print(f"report: {result['report']}")
+
+
+def _epsilons_arg(text: str) -> tuple[float, ...]:
+    values = []
+    for part in text.split(","):
+        number, slash, denominator = part.strip().partition("/")
+        try:
+            value = float(number) / (float(denominator) if slash else 1.0)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not an epsilon; allowed: numbers in [0, 1] or "
+                                             "N/255, comma-separated") from None
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"epsilon {part.strip()!r} is outside [0, 1] (the [0, 1] pixel scale)")
+        values.append(value)
+    return tuple(values)
+
+
+def cmd_analyze_robustness(args) -> None:
+    from .analysis.robustness import EPSILONS
+    from .search.robustness_study import analyze_robustness
+
+    report = analyze_robustness(args.study, samples=args.samples, epsilons=args.epsilons or EPSILONS,
+                                steps=args.steps, seed=args.seed, out=args.out, command=_command_line(args),
+                                progress=not args.json)
+    if args.json:
+        return _print_json(report)
+    print(Path(report["out"], "robustness.md").read_text())
 
 
 def cmd_analyze_spectrum(args) -> None:
@@ -760,11 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--beta", type=float, help="default 1.1")
     study.add_argument("--gamma", type=float, help="default 1.15")
     study.add_argument("--out", required=True, help="results.json(l), report.md, PNG plots")
+    study.add_argument("--no-weights", action="store_true",
+                       help="do not keep the trained models (out/models/STRATEGY-TARGETx-sSEED.safetensors, "
+                            "which `effscale analyze robustness` reads)")
     study.add_argument("--json", action="store_true")
     study.set_defaults(func=cmd_study)
 
-    analyze = commands.add_parser("analyze", help="analyses beyond accuracy: spectrum (the resolution your data "
-                                                  "calls for)")
+    analyze = commands.add_parser("analyze", help="analyses beyond accuracy: robustness of a study's models, the "
+                                                  "spectrum of your data (the resolution it calls for)")
     analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     spectrum = analyses.add_parser("spectrum", help="power spectrum of a data set and the input resolution it calls for")
     spectrum.add_argument("--data", action="append", required=True, metavar="SOURCE",
@@ -777,6 +808,19 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--out", help="write spectrum.json, report.md and spectrum.png here")
     spectrum.add_argument("--json", action="store_true")
     spectrum.set_defaults(func=cmd_analyze_spectrum)
+
+    robust = analyses.add_parser("robustness", help="FGSM / PGD attack success, margins and input gradients of "
+                                                     "every model a study trained")
+    robust.add_argument("study", metavar="STUDY_DIR", help="a study's --out (its kept weights in models/)")
+    robust.add_argument("--samples", type=int, default=250, help="test images, drawn with --seed (default 250)")
+    robust.add_argument("--epsilons", type=_epsilons_arg, default=None, metavar="E1,E2,...",
+                        help="L-infinity radii on the [0, 1] pixel scale, as numbers or N/255 "
+                             "(default 1/255,2/255,4/255)")
+    robust.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    robust.add_argument("--seed", type=int, default=0)
+    robust.add_argument("--out", help="report directory (default STUDY_DIR/robustness)")
+    robust.add_argument("--json", action="store_true")
+    robust.set_defaults(func=cmd_analyze_robustness)
 
     demo = commands.add_parser("demo", help="search, family, comparison, latency pick, weights, report (minutes)")
     demo.add_argument("--quick", action="store_true", help="smaller grid and budget (about 3 minutes on 2 cores)")

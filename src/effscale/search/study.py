@@ -42,7 +42,9 @@ class StudyConfig:
     progress: bool = True
     base: object = field(default=None, repr=False)  # a Scalable, instead of `model`
     command: str = ""
-    keep_weights: tuple = ()  # strategies whose seed-0 models are saved to out/models (image models)
+    # Weights saved to out/models for the analyses (analyze robustness): True every image model of
+    # every seed, False none, a tuple those strategies' seed-0 models only (the demo's choice).
+    keep_weights: bool | tuple = True
 
 
 def architecture(spec) -> str:
@@ -193,8 +195,11 @@ def run_study(config: StudyConfig) -> dict:
             spec = run["spec"]
             result, model = train_proxy(spec, task, budget, seed=seed, split="test", return_model=True)
             weights = None
-            if seed == 0 and run["strategy"] in config.keep_weights and task.kind == "image":
-                weights = _save_model(model, task, out / "models" / f"{run['strategy']}-{run['target']:g}x.safetensors")
+            keep = config.keep_weights is True or (isinstance(config.keep_weights, tuple) and seed == 0
+                                                   and run["strategy"] in config.keep_weights)
+            if keep and task.kind == "image":
+                weights = _save_model(model, task, out / "models" /
+                                      f"{run['strategy']}-{run['target']:g}x-s{seed}.safetensors")
             rows.add({"strategy": run["strategy"], "target": run["target"], "macs": result.macs,
                       "macs_ratio": run["macs_ratio"], "params": result.params, "top1": result.top1, "seed": seed,
                       "matched": run.get("matched", True), "knob": run["knob"], "resolution": spec.resolution,
