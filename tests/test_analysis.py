@@ -138,3 +138,45 @@ def test_robustness_of_a_study_extends_its_rows(tmp_path, capsys):
     with pytest.raises(EffscaleError, match="kept no model weights"):
         from effscale.search.robustness_study import analyze_robustness
         analyze_robustness(nothing, progress=False)
+
+
+# -- representation ------------------------------------------------------------------------------------
+def test_few_shot_probe_and_geometry_on_features_with_known_structure():
+    from effscale.analysis.representation import class_geometry, few_shot, linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 40)
+    centres = rng.normal(size=(6, 8)) * 10
+    separated = centres[labels] + rng.normal(size=(240, 8))  # far-apart clusters
+    mixed = rng.normal(size=(240, 8))  # no class structure at all
+    good = few_shot(separated, labels, shots=1, episodes=50)
+    chance = few_shot(mixed, labels, shots=5, episodes=200, metric="cosine")
+    assert good["accuracy"] > 95 and abs(chance["accuracy"] - 20) < 4 and chance["ci95"] > 0  # 5-way: 20 %
+    assert class_geometry(separated, labels)["ratio"] > 20 > 0.2 > class_geometry(mixed, labels)["ratio"]
+    probe = linear_probe(separated[::2], labels[::2], separated[1::2], labels[1::2], per_class=10)
+    assert probe["accuracy"] > 95 and probe["train_images"] == 60 and probe["cover_ratio"] == 7.5
+    with pytest.raises(EffscaleError, match="5-way episodes need 5 classes; the data has 2"):
+        few_shot(mixed[:80], labels[:80] % 2)
+
+
+def test_representation_of_a_study_and_an_unreachable_target(tmp_path):
+    from effscale.search import StudyConfig, run_study
+    from effscale.search.representation_study import analyze_representation
+
+    from test_search import BUDGET, MICRO
+
+    study = tmp_path / "study"
+    run_study(StudyConfig(model=None, base=MICRO, data="fashion-mnist", out=str(study), targets=(2,), seeds=1,
+                          budget=BUDGET, strategies=("width",), progress=False))
+    report = analyze_representation(study, probe_sizes=(5, 20), episodes=20, progress=False)
+    assert [r["strategy"] for r in report["rows"]] == ["base", "width"]
+    row = report["rows"][1]["representation"]
+    assert report["rows"][0]["representation"]["dim"] == MICRO.head_channels < row["dim"]  # width widens the head
+    assert [p["per_class"] for p in row["probes"]] == [5, 20]
+    assert {(f["shots"], f["metric"]) for f in row["few_shot"]} == {(1, "euclidean"), (1, "cosine"), (5, "euclidean"),
+                                                                    (5, "cosine")}
+    assert (study / "representation" / "representation.md").read_text().count("| width |") == 1
+    with pytest.raises(EffscaleError, match="no model reaches the 5-way 1-shot target 1"):
+        analyze_representation(study, probe_sizes=(5,), episodes=20, target=1.0, progress=False,
+                               out=tmp_path / "again")
+    assert (tmp_path / "again" / "representation.json").is_file()  # written before the error: nothing lost

@@ -300,6 +300,8 @@ def test_dense_training_refuses_classification_options(task_dir, tmp_path):
         train(_config("multitask", f"masks:{task_dir}", tmp_path / "z", model=TINY_SEG))
     with pytest.raises(EffscaleError, match="loss weights"):
         train(_config("multitask", f"masks:{task_dir}", tmp_path / "w", loss_weights=(0, 0)))
+    with pytest.raises(EffscaleError, match="scale jitter 2,1 must be two numbers LO,HI"):
+        train(_config("detection", f"coco:{task_dir}", tmp_path / "v", scale_jitter=(2, 1)))
 
 
 def test_biased_rules_keep_the_flops_per_phi():

@@ -464,6 +464,17 @@ def cmd_analyze_robustness(args) -> None:
     print(Path(report["out"], "robustness.md").read_text())
 
 
+def cmd_analyze_representation(args) -> None:
+    from .search.representation_study import analyze_representation
+
+    report = analyze_representation(args.study, probe_sizes=args.probe_sizes, episodes=args.episodes,
+                                    target=args.target, seed=args.seed, out=args.out, command=_command_line(args),
+                                    progress=not args.json)
+    if args.json:
+        return _print_json(report)
+    print(Path(report["out"], "representation.md").read_text())
+
+
 def cmd_analyze_spectrum(args) -> None:
     from .analysis import run_spectrum
     from .analysis.report import REPORT_RESOLUTIONS
@@ -794,8 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--json", action="store_true")
     study.set_defaults(func=cmd_study)
 
-    analyze = commands.add_parser("analyze", help="analyses beyond accuracy: robustness of a study's models, the "
-                                                  "spectrum of your data (the resolution it calls for)")
+    analyze = commands.add_parser("analyze", help="analyses beyond accuracy: robustness and representations of a "
+                                                  "study's models, the spectrum of your data")
     analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     spectrum = analyses.add_parser("spectrum", help="power spectrum of a data set and the input resolution it calls for")
     spectrum.add_argument("--data", action="append", required=True, metavar="SOURCE",
@@ -821,6 +832,20 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--out", help="report directory (default STUDY_DIR/robustness)")
     robust.add_argument("--json", action="store_true")
     robust.set_defaults(func=cmd_analyze_robustness)
+
+    represent = analyses.add_parser("representation", help="linear probes, few-shot and class geometry of the "
+                                                           "frozen features of every model a study trained")
+    represent.add_argument("study", metavar="STUDY_DIR", help="a study's --out (its kept weights in models/)")
+    represent.add_argument("--probe-sizes", type=lambda t: tuple(int(v) for v in t.split(",")), default=(10, 100, 1000),
+                           metavar="N1,N2,...", help="training images per class for the linear probes "
+                                                     "(default 10,100,1000)")
+    represent.add_argument("--episodes", type=int, default=600, help="few-shot episodes (default 600)")
+    represent.add_argument("--target", type=float, help="5-way 1-shot accuracy to reach, e.g. 0.4: the report names "
+                                                        "the smallest model of each strategy that does")
+    represent.add_argument("--seed", type=int, default=0)
+    represent.add_argument("--out", help="report directory (default STUDY_DIR/representation)")
+    represent.add_argument("--json", action="store_true")
+    represent.set_defaults(func=cmd_analyze_representation)
 
     demo = commands.add_parser("demo", help="search, family, comparison, latency pick, weights, report (minutes)")
     demo.add_argument("--quick", action="store_true", help="smaller grid and budget (about 3 minutes on 2 cores)")

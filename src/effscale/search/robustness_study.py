@@ -20,6 +20,7 @@ import torch
 from ..analysis.robustness import EPSILONS, PGD_STEPS, robustness
 from ..errors import EffscaleError
 from ..progress import ProgressBar
+from .study import by_model, seed_spread
 
 PLOT_EPSILON = 2 / 255  # the attack strength the plot and the summary's headline use
 
@@ -35,7 +36,7 @@ def analyze_robustness(study_dir, *, samples: int = 250, epsilons=EPSILONS, step
     from ..plotting import pyplot
 
     study_dir = Path(study_dir).expanduser()
-    rows = _study_rows(study_dir)
+    rows = study_rows(study_dir)
     pyplot()  # the plot's matplotlib (lab extra), before the long work
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise EffscaleError(f"samples={samples!r} must be an integer >= 1")
@@ -81,7 +82,7 @@ def analyze_robustness(study_dir, *, samples: int = 250, epsilons=EPSILONS, step
     return report
 
 
-def _study_rows(study_dir: Path) -> list[dict]:
+def study_rows(study_dir: Path) -> list[dict]:
     path = study_dir / "results.json"
     if not path.is_file():
         raise EffscaleError(f"{str(study_dir)!r} is not a finished study (no results.json); run `effscale study` "
@@ -94,8 +95,8 @@ def _study_rows(study_dir: Path) -> list[dict]:
     from ..dense.io import is_dense_file
 
     if any(row.get("task", "classification") != "classification" or is_dense_file(row["weights"]) for row in kept):
-        raise EffscaleError(f"the study in {str(study_dir)!r} is a detection / segmentation study; the robustness "
-                            "analysis attacks classifiers")
+        raise EffscaleError(f"the study in {str(study_dir)!r} is a detection / segmentation study; the analyses "
+                            "take classification studies")
     if not kept:
         raise EffscaleError(f"the study in {str(study_dir)!r} kept no model weights (run with --no-weights, by an "
                             "effscale before weights were kept, or moved): run the study again to analyse it")
@@ -105,11 +106,8 @@ def _study_rows(study_dir: Path) -> list[dict]:
 def summarise(rows: list[dict], epsilons) -> list[dict]:
     """Per (strategy, target): mean and min..max over seeds of clean top-1, FGSM and PGD success
     at each epsilon, the median clean margin and the gradient norm."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["strategy"], row["target"]), []).append(row)
     summary = []
-    for (strategy, target), members in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (strategy, target), members in by_model(rows):
         entry = {"strategy": strategy, "target": target, "seeds": len(members),
                  "macs": members[0]["macs"], "macs_ratio": members[0]["macs_ratio"]}
         measures = {"clean_top1": [m["robustness"]["clean_top1"] for m in members],
@@ -120,7 +118,7 @@ def summarise(rows: list[dict], epsilons) -> list[dict]:
                 measures[f"{attack}_{_eps_label(eps)}"] = [m["robustness"][attack][f"{eps:.6g}"]["success"]
                                                            for m in members]
         for name, values in measures.items():
-            entry[name] = {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
+            entry[name] = seed_spread(values)
         summary.append(entry)
     return summary
 
@@ -145,9 +143,9 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in report["summary"]:
         cells = [s["strategy"], f"{s['target']:g}x", f"{s['macs_ratio']:.2f}", str(s["seeds"]),
-                 _spread(s["clean_top1"], 2), _spread(s["margin_median"], 2), _spread(s["grad_l1"], 3)]
-        cells += [_spread(s[f"fgsm_{_eps_label(e)}"], 1) for e in epsilons]
-        cells += [_spread(s[f"pgd_{_eps_label(e)}"], 1) for e in epsilons]
+                 spread(s["clean_top1"], 2), spread(s["margin_median"], 2), spread(s["grad_l1"], 3)]
+        cells += [spread(s[f"fgsm_{_eps_label(e)}"], 1) for e in epsilons]
+        cells += [spread(s[f"pgd_{_eps_label(e)}"], 1) for e in epsilons]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![attack success against MACs](robustness.png)", "", verdict(report)]
     return "\n".join(lines) + "\n"
@@ -175,7 +173,7 @@ def verdict(report: dict) -> str:
     return " ".join(sentences) or "No target has compound and another strategy to compare."
 
 
-def _spread(values: dict, digits: int) -> str:
+def spread(values: dict, digits: int) -> str:
     if values["min"] == values["max"]:
         return f"{values['mean']:.{digits}f}"
     return f"{values['mean']:.{digits}f} ({values['min']:.{digits}f}..{values['max']:.{digits}f})"
@@ -206,4 +204,4 @@ def _plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
-__all__ = ["analyze_robustness", "markdown", "summarise", "verdict"]
+__all__ = ["analyze_robustness", "markdown", "spread", "study_rows", "summarise", "verdict"]

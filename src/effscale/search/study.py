@@ -272,13 +272,24 @@ def _save_model(model, task, path: Path) -> str:
     return str(path)
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per (strategy, target): mean, spread (min..max, stdev) of top-1 over seeds, MACs, latency."""
+def by_model(rows: list[dict]) -> list[tuple[tuple[str, float], list[dict]]]:
+    """The rows grouped per (strategy, target), its seeds together, ordered by target then strategy:
+    the groups every summary of a study (and of its analyses) is made of."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["strategy"], row["target"]), []).append(row)
+    return sorted(groups.items(), key=lambda item: (item[0][1], item[0][0]))
+
+
+def seed_spread(values: list[float]) -> dict:
+    """Mean, min and max of one measure over a model's seeds."""
+    return {"mean": round(sum(values) / len(values), 4), "min": min(values), "max": max(values)}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (strategy, target): mean, spread (min..max, stdev) of top-1 over seeds, MACs, latency."""
     summary = []
-    for (strategy, target), members in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (strategy, target), members in by_model(rows):
         top1 = [r["top1"] for r in members]
         summary.append({
             "strategy": strategy, "target": target, "seeds": len(members), "macs": members[0]["macs"],

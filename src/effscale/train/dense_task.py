@@ -97,7 +97,9 @@ def validate_dense_config(config) -> None:
     if jitter is not None and not (isinstance(jitter, (tuple, list)) and len(jitter) == 2
                                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in jitter)
                                    and 0 < jitter[0] <= jitter[1] <= 4):
-        raise EffscaleError(f"scale jitter {jitter!r} must be two numbers LO,HI with 0 < LO <= HI <= 4 "
+        shown = ",".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in jitter) \
+            if isinstance(jitter, (tuple, list)) else repr(jitter)
+        raise EffscaleError(f"scale jitter {shown} must be two numbers LO,HI with 0 < LO <= HI <= 4 "
                             "(e.g. 0.75,1.33)")
 
 
