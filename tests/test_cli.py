@@ -98,9 +98,14 @@ def test_info_reads_spec_file_and_prints_text(capsys, tmp_path):
     (["info", "efficientnet_b0", "--image-size", "16"], "image size 16 must be an integer >= 32"),
     (["info", "efficientnet_b0", "--phi", "abc"], "invalid float value: 'abc'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["analyze", "representation", "x", "--probe-sizes", "0,10"], "'0,10' is not a list of image counts"),
+    (["analyze", "robustness", "x", "--epsilons", "2/255,-1"], "epsilon '-1' is outside [0, 1]"),
+    (["analyze", "robustness", "/nonexistent-study"], "'/nonexistent-study' is not a finished study"),
+    (["analyze", "spectrum", "--data", "nothing"], "data 'nothing' is unknown; allowed: fashion-mnist"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
-    with pytest.raises(SystemExit) if argv[0] == "frobnicate" or "abc" in argv else _no_raise() as caught:
+    parser_level = argv[0] == "frobnicate" or "abc" in argv or {"--probe-sizes", "--epsilons"} & set(argv)
+    with pytest.raises(SystemExit) if parser_level else _no_raise() as caught:
         code, _, err = run(capsys, *argv)
     if caught is not None and getattr(caught, "value", None) is not None:
         code, err = caught.value.code, capsys.readouterr().err

@@ -437,6 +437,17 @@ def _dense_study(args) -> None:
     print(f"report: {result['report']}")
 
 
+def _counts_arg(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of image counts; allowed: integers >= 1, "
+                                         "comma-separated, e.g. 10,100,1000")
+    return values
+
+
 def _epsilons_arg(text: str) -> tuple[float, ...]:
     values = []
     for part in text.split(","):
@@ -836,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     represent = analyses.add_parser("representation", help="linear probes, few-shot and class geometry of the "
                                                            "frozen features of every model a study trained")
     represent.add_argument("study", metavar="STUDY_DIR", help="a study's --out (its kept weights in models/)")
-    represent.add_argument("--probe-sizes", type=lambda t: tuple(int(v) for v in t.split(",")), default=(10, 100, 1000),
+    represent.add_argument("--probe-sizes", type=_counts_arg, default=(10, 100, 1000),
                            metavar="N1,N2,...", help="training images per class for the linear probes "
                                                      "(default 10,100,1000)")
     represent.add_argument("--episodes", type=int, default=600, help="few-shot episodes (default 600)")
