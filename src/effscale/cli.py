@@ -470,9 +470,14 @@ def cmd_analyze_robustness(args) -> None:
     report = analyze_robustness(args.study, samples=args.samples, epsilons=args.epsilons or EPSILONS,
                                 steps=args.steps, seed=args.seed, out=args.out, command=_command_line(args),
                                 progress=not args.json)
+    _show_study_analysis(report, args, "robustness.md")
+
+
+def _show_study_analysis(report: dict, args, markdown_name: str) -> None:
+    """A study analysis's report: JSON, or its markdown as written beside the study."""
     if args.json:
         return _print_json(report)
-    print(Path(report["out"], "robustness.md").read_text())
+    print(Path(report["out"], markdown_name).read_text())
 
 
 def cmd_analyze_representation(args) -> None:
@@ -481,9 +486,7 @@ def cmd_analyze_representation(args) -> None:
     report = analyze_representation(args.study, probe_sizes=args.probe_sizes, episodes=args.episodes,
                                     target=args.target, seed=args.seed, out=args.out, command=_command_line(args),
                                     progress=not args.json)
-    if args.json:
-        return _print_json(report)
-    print(Path(report["out"], "representation.md").read_text())
+    _show_study_analysis(report, args, "representation.md")
 
 
 def cmd_analyze_spectrum(args) -> None:

@@ -83,11 +83,10 @@ def _from_effdet(reference, path, in_chans: int) -> nn.Module:
     if not is_effdet_state(state):
         raise EffscaleError(f"{str(path)!r} is neither an effscale detector / segmenter file nor an effdet "
                             "EfficientDet checkpoint (tf_efficientdet_*)")
-    anchors = 9  # effdet's 3 scales x 3 aspect ratios
-    classes = state["class_net.predict.conv_pw.weight"].shape[0] // anchors
-    spec = resolve_dense_spec(reference, num_classes=classes) if isinstance(reference, str) \
-        else dataclasses.replace(reference, num_classes=classes)
+    spec = resolve_dense_spec(reference, num_classes=1) if isinstance(reference, str) else reference
     if not isinstance(spec, DetectorSpec):
         raise EffscaleError(f"{str(path)!r} is an effdet detector checkpoint; {spec.name} is not a detector")
+    classes = state["class_net.predict.conv_pw.weight"].shape[0] // spec.num_anchors
+    spec = dataclasses.replace(spec, num_classes=classes)
     model = build_dense_model(effdet_compute(spec), in_chans)
     return load_effdet_weights(model, state).eval()

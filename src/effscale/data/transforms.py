@@ -109,8 +109,13 @@ class BatchTransform(nn.Module):
             if self.randaugment is not None:
                 x = self._randaugment(x.div_(255)).mul_(255)
         else:
-            x = self._resize(x)
+            return self.evaluate_pixels(x).contiguous()
         return torch.addcmul(self.offset, x, self.multiplier).contiguous()
+
+    def evaluate_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The eval path (resize, normalise) on float pixels 0..255, differentiable in them: what an
+        attack on the pixels goes through (analyze robustness)."""
+        return torch.addcmul(self.offset, self._resize(pixels), self.multiplier)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

@@ -60,7 +60,7 @@ def analyze_robustness(study_dir, *, samples: int = 250, epsilons=EPSILONS, step
             transform = BatchTransform(resolution, task.mean, task.std, train=False, in_chans=task.in_chans)
 
             def preprocess(pixels, transform=transform):  # differentiable in the [0, 1] pixels
-                return torch.addcmul(transform.offset, transform._resize(pixels * 255), transform.multiplier)
+                return transform.evaluate_pixels(pixels * 255)
 
             with torch.no_grad():
                 gap = (preprocess(images[:64]) - task.inputs(raw[:64], resolution, False)).abs().max().item()
